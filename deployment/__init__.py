@@ -1,0 +1,1 @@
+"""The Hugging Face Space: app.py + predictor.py + the model bundle in model/."""

@@ -1,0 +1,146 @@
+"""The one predictor: tokenize -> onnxruntime -> sigmoid -> thresholds.
+
+The Gradio app, `papertasks predict` and `papertasks evaluate` all call this class, so what is
+measured is what is served. It needs only numpy, tokenizers and onnxruntime (no torch), so this
+folder can be pushed as a Hugging Face Space as it is.
+
+A bundle folder holds: model.onnx (int8), tokenizer.json, labels.json (label -> index),
+thresholds.json (optional: {"global": t, "per_label": {label: t}}) and config.json
+(max_length and what the model was trained on).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+class BundleError(ValueError):
+    """The model folder is missing files or is inconsistent (labels vs model outputs)."""
+
+
+def normalize_whitespace(text: str) -> str:
+    return _WHITESPACE.sub(" ", text or "").strip()
+
+
+def compose_text(title: str | None, abstract: str | None) -> str:
+    """Title and abstract as the model saw them in training: 'Title. Abstract'."""
+    title, abstract = normalize_whitespace(title or ""), normalize_whitespace(abstract or "")
+    if title and abstract:
+        sep = " " if title[-1] in ".?!" else ". "
+        return f"{title}{sep}{abstract}"
+    return title or abstract
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path.parent}: missing {path.name}; is this a model bundle written by `papertasks export`?")
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: not valid JSON ({e})")
+
+
+def load_labels(path: Path) -> list[str]:
+    """labels.json maps label -> output index; return the labels in output order."""
+    mapping = _read_json(path)
+    labels = sorted(mapping, key=mapping.get)
+    if [mapping[k] for k in labels] != list(range(len(labels))):
+        raise BundleError(f"{path}: label indices must be 0..{len(labels) - 1} with no gaps")
+    return labels
+
+
+class Predictor:
+    """Scores texts with an ONNX sequence classifier and applies the bundle's thresholds."""
+
+    def __init__(self, model_dir: str | os.PathLike, model_file: str = "model.onnx",
+                 threads: int | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise BundleError(f"{self.model_dir}: no such model folder")
+        self.labels = load_labels(self.model_dir / "labels.json")
+        self.config = _read_json(self.model_dir / "config.json")
+        self.max_length = int(self.config.get("max_length", 256))
+        model_path = self.model_dir / model_file
+        if not model_path.is_file():
+            raise BundleError(f"{self.model_dir}: missing {model_file}")
+        tokenizer_path = self.model_dir / "tokenizer.json"
+        if not tokenizer_path.is_file():
+            raise BundleError(f"{self.model_dir}: missing tokenizer.json")
+
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.enable_truncation(self.max_length)
+        pad_id = self.tokenizer.token_to_id(self.config.get("pad_token", "[PAD]"))
+        self.tokenizer.enable_padding(pad_id=pad_id or 0, pad_token=self.config.get("pad_token", "[PAD]"))
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
+            raise BundleError(f"{model_path}: onnxruntime cannot load it ({e})") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        n_outputs = self.session.get_outputs()[0].shape[-1]
+        if isinstance(n_outputs, int) and n_outputs != len(self.labels):
+            raise BundleError(f"{self.model_dir}: labels.json has {len(self.labels)} labels "
+                              f"but the model has {n_outputs} outputs")
+
+        thresholds = self.model_dir / "thresholds.json"
+        self.thresholds_info = _read_json(thresholds) if thresholds.is_file() else {"global": 0.5, "per_label": {}}
+        self.global_threshold = float(self.thresholds_info.get("global", 0.5))
+        per_label = self.thresholds_info.get("per_label", {})
+        self.thresholds = np.array([per_label.get(lab, self.global_threshold) for lab in self.labels], dtype=np.float32)
+
+    def _logits(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
+        feed = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        }
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        return self.session.run(None, {k: v for k, v in feed.items() if k in self.input_names})[0]
+
+    def predict_proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Sigmoid probabilities, shape (len(texts), n_labels). Batches are sorted by length so
+        each is padded only to its own longest text; rows come back in input order."""
+        texts = [normalize_whitespace(t) for t in texts]
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        probs = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            logits = self._logits([texts[i] for i in idx])
+            probs[idx] = 1.0 / (1.0 + np.exp(-logits))
+        return probs
+
+    def decide(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Boolean label matrix: tuned per-label thresholds, or one global `threshold` if given."""
+        cut = self.thresholds if threshold is None else np.full(len(self.labels), threshold, dtype=np.float32)
+        return probs >= cut
+
+    def predict(self, texts: list[str], threshold: float | None = None, top_k: int | None = None,
+                batch_size: int = 32) -> list[dict]:
+        """For each text: {'labels': [...above threshold, best first], 'scores': {label: p}}."""
+        probs = self.predict_proba(texts, batch_size=batch_size)
+        chosen = self.decide(probs, threshold)
+        results = []
+        for row, keep in zip(probs, chosen):
+            order = np.argsort(-row)
+            ranked = order[:top_k] if top_k else order
+            results.append({
+                "labels": [self.labels[i] for i in order if keep[i]],
+                "scores": {self.labels[i]: round(float(row[i]), 4) for i in ranked},
+            })
+        return results

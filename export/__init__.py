@@ -1,0 +1,1 @@
+"""Export stage: trained Hugging Face folder -> quantized ONNX deployment bundle."""

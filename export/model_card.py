@@ -1,0 +1,90 @@
+"""MODEL_CARD.md for a bundle, rendered from the JSON files in it, so it never disagrees with them.
+
+`export` writes it first (data, sizes, parity); `evaluate` renders it again once metrics.json and
+thresholds.json are in the bundle.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from papertasks.io import write_text
+
+
+def _load(bundle: Path, name: str) -> dict:
+    path = bundle / name
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def render_model_card(bundle: Path) -> str:
+    config, report = _load(bundle, "config.json"), _load(bundle, "export_report.json")
+    metrics, thresholds = _load(bundle, "metrics.json"), _load(bundle, "thresholds.json")
+    labels = _load(bundle, "labels.json")
+    data = config.get("trained_on") or {}
+    lines = [
+        "# papertasks model card", "",
+        f"Multi-label classifier over {len(labels)} labels, fine-tuned from `{config.get('base_model')}` "
+        f"({config.get('architecture')}) with fastai, exported to ONNX and quantized to int8 "
+        f"(dynamic, per-channel). Inputs are 'Title. Abstract', truncated to {config.get('max_length')} tokens.",
+        "", "## Data", "",
+    ]
+    if data:
+        cfg = data.get("config", {})
+        lines += [
+            f"- source: {', '.join(cfg.get('inputs', []))}",
+            f"- split: " + (f"time split on `{cfg.get('split_by')}`, test from {cfg.get('test_from')}"
+                            if cfg.get("split_by") else "iterative stratification (multi-label)")
+            + f", seed {cfg.get('seed')}",
+            f"- labels: {data.get('labels_before')} -> {data.get('labels_after')} after pruning "
+            f"(min-count {cfg.get('min_count')}, top-k {cfg.get('top_k')})",
+            f"- rows: " + ", ".join(f"{k} {v}" for k, v in data.get("rows", {}).items()),
+        ]
+    else:
+        lines.append("- not recorded")
+    sizes = report.get("sizes", {})
+    if sizes:
+        lines += ["", "## Size", "", "| torch (safetensors) | ONNX fp32 | ONNX int8 (this bundle) |", "|---:|---:|---:|",
+                  f"| {sizes['torch_safetensors_mb']} MB | {sizes['onnx_fp32_mb']} MB | {sizes['onnx_int8_mb']} MB |"]
+    parity = report.get("parity")
+    if parity:
+        fp32, int8 = parity["onnx_fp32_vs_torch"], parity["onnx_int8_vs_torch"]
+        lines += ["", f"## Parity (on {parity['texts']} validation texts)", "",
+                  "| vs torch | max prob diff | mean prob diff | same label set |", "|---|---:|---:|---:|",
+                  f"| ONNX fp32 | {fp32['max_prob_diff']:.2e} | {fp32['mean_prob_diff']:.2e} | {100 * fp32['same_label_set']:.1f}% |",
+                  f"| ONNX int8 | {int8['max_prob_diff']:.3f} | {int8['mean_prob_diff']:.4f} | {100 * int8['same_label_set']:.1f}% |"]
+    if metrics:
+        t = metrics["test"]
+        lines += ["", f"## Test metrics ({metrics.get('test_rows')} papers, this int8 bundle, per-label thresholds)", "",
+                  "| micro-F1 | macro-F1 | samples-F1 | P@1 | P@3 | ROC-AUC (micro) | ROC-AUC (macro) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| {t['f1_micro']:.3f} | {t['f1_macro']:.3f} | {t['f1_samples']:.3f} | {t['precision_at_1']:.3f} | "
+                  f"{t['precision_at_3']:.3f} | {t['roc_auc_micro']:.3f} | {t['roc_auc_macro']:.3f} |"]
+    if thresholds:
+        tuned = len(thresholds.get("per_label", {}))
+        lines += ["", "## Thresholds", "",
+                  f"Global {thresholds.get('global')}; {tuned} labels have their own threshold tuned on validation "
+                  f"(labels with fewer than {thresholds.get('min_positives', '?')} validation positives use the global one)."]
+    lines += ["", "## Reproduce", "", "```bash", *reproduce_commands(data.get("config", {}), config.get("training", {})),
+              "papertasks export --model MODEL_DIR --data DATA_DIR --out deployment/model",
+              "papertasks evaluate --model deployment/model --data DATA_DIR --out reports/", "```", ""]
+    return "\n".join(lines)
+
+
+def reproduce_commands(prepare: dict, training: dict) -> list[str]:
+    """The prepare and train commands that made this model, from the configs recorded with it."""
+    prep = ["papertasks prepare", *prepare.get("inputs", ["INPUT"]), "--out DATA_DIR",
+            f"--min-count {prepare.get('min_count', 1)}"]
+    if prepare.get("top_k"):
+        prep.append(f"--top-k {prepare['top_k']}")
+    if prepare.get("split_by"):
+        prep.append(f"--split-by {prepare['split_by']} --test-from {prepare['test_from']}")
+    prep.append(f"--seed {prepare.get('seed', 42)}")
+    train = ["papertasks train --data DATA_DIR --out MODEL_DIR"]
+    for key in ("base_model", "max_length", "batch_size", "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed"):
+        if training.get(key) is not None:
+            train.append(f"--{key.replace('_', '-')} {training[key]}")
+    return [" ".join(prep), " ".join(train)]
+
+
+def write_model_card(bundle: Path) -> None:
+    write_text(Path(bundle) / "MODEL_CARD.md", render_model_card(Path(bundle)))

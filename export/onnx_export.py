@@ -1,0 +1,205 @@
+"""`papertasks export`: trained Hugging Face folder -> ONNX fp32 -> int8 -> checked deployment bundle.
+
+1. export the classifier to ONNX (inputs `input_ids`, `attention_mask`; batch and sequence axes
+   dynamic; output `logits`);
+2. dynamic int8 quantization of the weights (onnxruntime.quantization);
+3. parity on real texts: torch vs ONNX fp32 vs ONNX int8, max probability difference and the share
+   of texts whose predicted label set is identical; out of tolerance -> the export fails and the
+   old bundle is left as it was;
+4. the bundle (model.onnx int8, tokenizer.json, labels.json, thresholds.json, config.json,
+   export_report.json, MODEL_CARD.md) is built in a temp folder and renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from deployment.predictor import Predictor, load_labels
+from export.model_card import write_model_card
+from papertasks.errors import UserError
+from papertasks.io import read_json, write_json
+from papertasks.paths import OFFLINE_BASE_NAME, offline_base_model
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "deployment" / "examples.json"
+OPSET = 17
+FP32_TOLERANCE = 1e-3  # ONNX fp32 must match torch up to float noise
+
+
+def load_trained(model_dir: Path):
+    """The trained classifier and tokenizer, refusing folders whose labels do not fit the head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir}: not a trained model folder (no config.json); run `papertasks train` first")
+    labels_path = model_dir / "labels.json"
+    if not labels_path.is_file():
+        raise UserError(f"{model_dir}: no labels.json beside the model")
+    labels = load_labels(labels_path)
+    n_outputs = len(read_json(model_dir / "config.json").get("id2label", {}))
+    if n_outputs != len(labels):
+        raise UserError(f"{model_dir}: labels.json has {len(labels)} labels but the model has {n_outputs} outputs")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return model, tokenizer, labels
+
+
+def export_onnx(model, tokenizer, path: Path) -> None:
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, hf_model):
+            super().__init__()
+            self.hf_model = hf_model
+
+        def forward(self, input_ids, attention_mask):
+            return self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    sample = tokenizer(["a short text", "a somewhat longer text to export with"], padding=True, return_tensors="pt")
+    axes = {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+        torch.onnx.export(LogitsOnly(model), (sample["input_ids"], sample["attention_mask"]), str(path),
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def torch_probs(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 16) -> np.ndarray:
+    import torch
+
+    model.eval()  # torch.onnx.export can leave the model in training mode (dropout on)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], truncation=True, max_length=max_length,
+                            padding=True, return_tensors="pt")
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+            out.append(torch.sigmoid(logits).numpy())
+    return np.concatenate(out)
+
+
+def load_parity_texts(data_dir: str | None, n: int) -> list[str]:
+    """Real abstracts: the validation split of the prepared data, else the app's examples."""
+    if data_dir:
+        from papertasks.data import read_split
+
+        valid = read_split(data_dir, "valid")
+        return valid["text"].sample(min(n, len(valid)), random_state=0).tolist()
+    return [ex["text"] for ex in json.loads(EXAMPLES.read_text())][:n]
+
+
+def parity_report(reference: np.ndarray, candidate: np.ndarray, thresholds: np.ndarray) -> dict:
+    same = ((reference >= thresholds) == (candidate >= thresholds)).all(axis=1)
+    return {"max_prob_diff": float(np.abs(reference - candidate).max()),
+            "mean_prob_diff": float(np.abs(reference - candidate).mean()),
+            "same_label_set": float(same.mean())}
+
+
+def bundle_config(model_dir: Path, tokenizer, max_length: int) -> dict:
+    training = read_json(model_dir / "training_config.json") if (model_dir / "training_config.json").is_file() else {}
+    hf_config = read_json(model_dir / "config.json")
+    if training.get("base_model") == offline_base_model():  # the default: no --base-model needed to reproduce
+        training = {**training, "base_model": None}
+    return {"max_length": max_length, "pad_token": tokenizer.pad_token, "problem_type": "multi_label_classification",
+            "base_model": training.get("base_model") or OFFLINE_BASE_NAME, "architecture": (hf_config.get("architectures") or [None])[0],
+            "trained_on": training.get("data_report"),
+            "training": {k: training.get(k) for k in ("base_model", "max_length", "batch_size", "lr", "frozen_epochs",
+                                                       "epochs", "max_train", "max_valid", "seed", "train_seconds", "best")}}
+
+
+def export_bundle(model: str, out: str, data_dir: str | None = None, parity_texts: int = 64,
+                  max_prob_diff: float = 0.15, min_same_set: float = 0.85, work_dir: str | None = None) -> dict:
+    model_dir, out = Path(model), Path(out)
+    hf_model, tokenizer, labels = load_trained(model_dir)
+    max_length = int(read_json(model_dir / "training_config.json").get("max_length", 256)) \
+        if (model_dir / "training_config.json").is_file() else 256
+    work = Path(work_dir) if work_dir else model_dir / "onnx"
+    work.mkdir(parents=True, exist_ok=True)
+    fp32_path = work / "model.onnx"
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)
+    try:
+        log.info("exporting %s to ONNX", model_dir)
+        export_onnx(hf_model, tokenizer, fp32_path)
+        quantize_int8(fp32_path, staging / "model.onnx")
+        tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
+        write_json(staging / "labels.json", {lab: i for i, lab in enumerate(labels)})
+        thresholds_src = model_dir / "thresholds.json"
+        write_json(staging / "thresholds.json",
+                   read_json(thresholds_src) if thresholds_src.is_file() else {"global": 0.5, "per_label": {}})
+        config = bundle_config(model_dir, tokenizer, max_length)
+        write_json(staging / "config.json", config)
+        for name in ("tokenizer.json", "labels.json", "config.json"):
+            shutil.copy(staging / name, work / name)
+
+        texts = load_parity_texts(data_dir, parity_texts)
+        int8 = Predictor(staging)
+        fp32 = Predictor(work)
+        reference = torch_probs(hf_model, tokenizer, texts, max_length)
+        fp32_probs, int8_probs = fp32.predict_proba(texts), int8.predict_proba(texts)
+        parity = {"texts": len(texts),
+                  "onnx_fp32_vs_torch": parity_report(reference, fp32_probs, int8.thresholds),
+                  "onnx_int8_vs_torch": parity_report(reference, int8_probs, int8.thresholds),
+                  "tolerance": {"fp32_max_prob_diff": FP32_TOLERANCE, "int8_max_prob_diff": max_prob_diff,
+                                "int8_min_same_label_set": min_same_set}}
+        sizes = {"torch_safetensors_mb": _mb(model_dir / "model.safetensors"),
+                 "onnx_fp32_mb": _mb(fp32_path), "onnx_int8_mb": _mb(staging / "model.onnx")}
+        report = {"parity": parity, "sizes": sizes, "opset": OPSET, "source_model": str(model_dir)}
+        log.info("sizes (MB): torch %.1f, ONNX fp32 %.1f, ONNX int8 %.1f", *sizes.values())
+        log.info("parity on %d texts: fp32 max diff %.2e; int8 max diff %.3f, same label set %.1f%%", len(texts),
+                 parity["onnx_fp32_vs_torch"]["max_prob_diff"], parity["onnx_int8_vs_torch"]["max_prob_diff"],
+                 100 * parity["onnx_int8_vs_torch"]["same_label_set"])
+        check_parity(parity)
+        write_json(staging / "export_report.json", report)
+        write_model_card(staging)
+        _replace_dir(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(json.dumps({"bundle": str(out), **sizes}, indent=2))
+    return report
+
+
+def check_parity(parity: dict) -> None:
+    tol = parity["tolerance"]
+    fp32, int8 = parity["onnx_fp32_vs_torch"], parity["onnx_int8_vs_torch"]
+    problems = []
+    if fp32["max_prob_diff"] > tol["fp32_max_prob_diff"]:
+        problems.append(f"ONNX fp32 differs from torch by {fp32['max_prob_diff']:.2e} (> {tol['fp32_max_prob_diff']})")
+    if int8["max_prob_diff"] > tol["int8_max_prob_diff"]:
+        problems.append(f"int8 differs from torch by {int8['max_prob_diff']:.3f} (> {tol['int8_max_prob_diff']})")
+    if int8["same_label_set"] < tol["int8_min_same_label_set"]:
+        problems.append(f"int8 keeps the label set of only {100 * int8['same_label_set']:.1f}% of texts "
+                        f"(< {100 * tol['int8_min_same_label_set']:.0f}%)")
+    if problems:
+        raise UserError("parity check failed, bundle not written: " + "; ".join(problems))
+
+
+def _mb(path: Path) -> float:
+    return round(path.stat().st_size / 2**20, 2)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap the finished bundle into place; the old one is removed only after the new one is there."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,198 @@
+"""`papertasks` console script: one subcommand per stage, each a thin shell over library code.
+
+Heavy imports (torch, transformers, gradio) happen inside the handlers, so `--help` is instant
+and `predict`/`app` never load torch.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from papertasks.errors import UserError
+from scrapers.cli import register as register_scrape
+from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, DEFAULT_LABELS_JSON
+
+EPILOG_PIPELINE = """\
+the pipeline, end to end:
+  papertasks prepare ../shared/data/arxiv_cs.jsonl.gz --out data/arxiv --min-count 50 \\
+      --split-by listing_date --test-from 2026-03-01
+  papertasks train --data data/arxiv --out models/arxiv
+  papertasks export --model models/arxiv --data data/arxiv --out deployment/model
+  papertasks evaluate --model deployment/model --data data/arxiv --out reports/arxiv
+  papertasks predict papers.jsonl -o predictions.jsonl
+  papertasks app
+"""
+
+
+def _prepare(args):
+    from papertasks.data import PrepareConfig, prepare
+
+    cfg = PrepareConfig(**{k: v for k, v in vars(args).items() if k in PrepareConfig.__dataclass_fields__})
+    prepare(cfg)
+
+
+def _train(args):
+    from papertasks.train import TrainConfig, train
+
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+    train(cfg)
+
+
+def _evaluate(args):
+    from papertasks.evaluate import evaluate_bundle
+
+    evaluate_bundle(args.model, args.data, args.out, batch_size=args.batch_size,
+                    min_positives=args.min_positives, update_bundle=not args.no_update,
+                    labels_json=args.labels_json)
+
+
+def _baseline(args):
+    from papertasks.baseline import run_tfidf_baseline
+
+    run_tfidf_baseline(args.data, args.out, max_features=args.max_features, min_positives=args.min_positives)
+
+
+def _export(args):
+    from export.onnx_export import export_bundle
+
+    export_bundle(args.model, args.out, data_dir=args.data, parity_texts=args.parity_texts,
+                  max_prob_diff=args.max_prob_diff, min_same_set=args.min_same_set,
+                  work_dir=args.work_dir)
+
+
+def _predict(args):
+    from papertasks.batch import predict_file
+
+    predict_file(args.input, args.output, model_dir=args.model, batch_size=args.batch_size,
+                 text_field=args.text_field, top_k=args.top_k)
+
+
+def _app(args):
+    from deployment.app import launch
+
+    launch(model_dir=args.model, host=args.host, port=args.port, share=args.share)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="papertasks", description=__doc__.splitlines()[0],
+        epilog=EPILOG_PIPELINE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("prepare", help="clean, prune rare labels, split; write the label vocabulary and a data report",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="JSONL / CSV / Parquet files (.gz allowed)")
+    p.add_argument("--out", required=True, help="folder for train/valid/test.jsonl and the report")
+    p.add_argument("--text-field", help="one text column (default: 'text' if present, else title + abstract)")
+    p.add_argument("--title-field", default="title")
+    p.add_argument("--abstract-field", default="abstract")
+    p.add_argument("--label-field", help="labels column (default: the first of labels, categories, tasks, task_id, label)")
+    p.add_argument("--label-sep", default=None, help="separator when labels are one delimited string (default: , ; or |)")
+    p.add_argument("--id-field", default=None, help="id column (default: id, arxiv_id or paper_id if present)")
+    p.add_argument("--min-count", type=int, default=1, help="drop labels with fewer training examples than this")
+    p.add_argument("--top-k", type=int, default=None, help="keep only the K most frequent labels")
+    p.add_argument("--valid-frac", type=float, default=0.1)
+    p.add_argument("--test-frac", type=float, default=0.1, help="ignored with --split-by")
+    p.add_argument("--split-by", default=None, help="date field for a time split (rows from --test-from on are the test set)")
+    p.add_argument("--test-from", default=None, help="first date of the test set, e.g. 2026-03-01")
+    p.add_argument("--max-rows", type=int, default=None, help="sample this many rows first (quick experiments, tests)")
+    p.add_argument("--no-fold-aliases", dest="fold_aliases", action="store_false",
+                   help="keep arXiv cross-listed aliases (eess.SY / cs.SY, ...) as separate labels")
+    p.add_argument("--labels-json", default=DEFAULT_LABELS_JSON, help="where to write label -> index")
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("train", help="fine-tune a Hugging Face encoder with fastai (multi-label)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="folder written by `prepare`")
+    p.add_argument("--out", required=True, help="folder for the Hugging Face model + labels + config")
+    p.add_argument("--base-model", default=None,
+                   help=f"hub id or local folder (default: the offline MiniLM; with a hub: {DEFAULT_BASE_MODEL})")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the head; lower groups get lr/10, lr/100")
+    p.add_argument("--frozen-epochs", type=int, default=1, help="epochs training only the head")
+    p.add_argument("--epochs", type=int, default=2, help="epochs with the whole model unfrozen")
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training rows (seeded sample)")
+    p.add_argument("--max-valid", type=int, default=None, help="use at most this many validation rows")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="ONNX export, int8 quantization, parity check, deployment bundle",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="folder written by `train`")
+    p.add_argument("--out", default=DEFAULT_BUNDLE, help="bundle folder (the Space serves deployment/model)")
+    p.add_argument("--data", default=None, help="prepared data folder: parity texts come from its validation split")
+    p.add_argument("--parity-texts", type=int, default=64)
+    p.add_argument("--max-prob-diff", type=float, default=0.15, help="fail if int8 and torch differ more than this")
+    p.add_argument("--min-same-set", type=float, default=0.85,
+                   help="fail if fewer texts than this share get the same label set in int8 and torch")
+    p.add_argument("--work-dir", default=None, help="keep the fp32 ONNX here (default: <model>/onnx)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("evaluate", help="tune thresholds on validation, report metrics on test (ONNX predictor)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_BUNDLE, help="bundle folder (or any folder with model.onnx + labels)")
+    p.add_argument("--data", required=True, help="folder written by `prepare`")
+    p.add_argument("--out", required=True, help="report folder: metrics.json, report.md, plots")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--min-positives", type=int, default=10,
+                   help="labels with fewer validation positives use the global threshold")
+    p.add_argument("--no-update", action="store_true", help="do not write thresholds and metrics into the bundle")
+    p.add_argument("--labels-json", default=DEFAULT_LABELS_JSON,
+                   help="thresholds.json is written beside this vocabulary")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("baseline", help="TF-IDF + one-vs-rest logistic regression on the same split and metrics",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-features", type=int, default=100_000)
+    p.add_argument("--min-positives", type=int, default=10)
+    p.set_defaults(func=_baseline)
+
+    p = sub.add_parser("predict", help="batch prediction: JSONL/CSV in, JSONL out (id, labels, scores)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("input", help="JSONL / CSV / Parquet with `text` or title + abstract")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--model", default=DEFAULT_BUNDLE)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--text-field", default=None)
+    p.add_argument("--top-k", type=int, default=None, help="keep only the K best scores per line")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("app", help="the Gradio app (same as `python deployment/app.py`)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_BUNDLE)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true")
+    p.set_defaults(func=_app)
+
+    register_scrape(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for package in ("papertasks", "export", "scrapers"):
+        logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"papertasks {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"papertasks {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

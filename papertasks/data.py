@@ -1,0 +1,329 @@
+"""`papertasks prepare`: raw paper tables -> clean, pruned, split JSONL + label vocabulary + report.
+
+Raw data is never modified: inputs are read, and everything derived goes to `--out`.
+Each output row is {"id", "text", "labels", ["date"]}; `text` is 'Title. Abstract' exactly as
+the predictor composes it at serving time.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deployment.predictor import compose_text, normalize_whitespace
+from papertasks.errors import UserError
+from papertasks.io import atomic_path, write_json, write_text
+from papertasks.paths import DEFAULT_LABELS_JSON
+
+log = logging.getLogger(__name__)
+
+LABEL_FIELDS = ("labels", "categories", "tasks", "task_id", "label")
+ID_FIELDS = ("id", "arxiv_id", "paper_id")
+SPLITS = ("train", "valid", "test")
+
+# arXiv lists these categories under two names; fold each pair into the first name.
+ARXIV_ALIASES = {
+    "eess.SY": "cs.SY",
+    "math.IT": "cs.IT",
+    "math.NA": "cs.NA",
+    "math-ph": "math.MP",
+    "math.ST": "stat.TH",
+    "econ.GN": "q-fin.EC",
+}
+
+
+@dataclass
+class PrepareConfig:
+    inputs: list[str]
+    out: str
+    text_field: str | None = None
+    title_field: str = "title"
+    abstract_field: str = "abstract"
+    label_field: str | None = None
+    label_sep: str | None = None
+    id_field: str | None = None
+    min_count: int = 1
+    top_k: int | None = None
+    valid_frac: float = 0.1
+    test_frac: float = 0.1
+    split_by: str | None = None
+    test_from: str | None = None
+    max_rows: int | None = None
+    fold_aliases: bool = True
+    labels_json: str | None = DEFAULT_LABELS_JSON
+    seed: int = 42
+
+
+# ---------------------------------------------------------------- reading
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read JSONL, CSV or Parquet (optionally .gz); ids and labels stay strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    kind = path.name.lower().removesuffix(".gz").rsplit(".", 1)[-1]
+    try:
+        if kind in ("jsonl", "json", "ndjson"):
+            with _open_text(path) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            return pd.DataFrame(rows)
+        if kind in ("csv", "tsv"):
+            return pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if kind == "tsv" else ",")
+        if kind == "parquet":
+            return pd.read_parquet(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, csv.Error) as e:
+        raise UserError(f"{path}: cannot read it as {kind.upper()} ({type(e).__name__}: {str(e)[:120]})") from None
+    raise UserError(f"{path}: unknown format '{kind}' (use .jsonl, .csv, .tsv or .parquet, optionally .gz)")
+
+
+def parse_labels(value, sep: str | None = None) -> list[str]:
+    """A list/array of labels, or one delimited string ('cs.CL, cs.LG' or 'a|b' or 'a;b')."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            try:
+                return parse_labels(json.loads(value))
+            except json.JSONDecodeError:
+                pass
+        seps = [sep] if sep else [s for s in ("|", ";", ",") if s in value][:1]
+        parts = value.split(seps[0]) if seps else [value]
+        return [p.strip() for p in parts if p.strip()]
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def _pick(columns, wanted: str | None, candidates, what: str) -> str | None:
+    if wanted:
+        if wanted not in columns:
+            raise UserError(f"no '{wanted}' {what} column; columns are: {', '.join(map(str, columns))}")
+        return wanted
+    return next((c for c in candidates if c in columns), None)
+
+
+def to_examples(df: pd.DataFrame, cfg: PrepareConfig, source: str) -> pd.DataFrame:
+    """Raw table -> columns id, text, labels (list), date (if --split-by)."""
+    cols = list(df.columns)
+    if df.empty:
+        raise UserError(f"{source}: no rows")
+    label_col = _pick(cols, cfg.label_field, LABEL_FIELDS, "label")
+    if label_col is None:
+        raise UserError(f"{source}: no label column (looked for {', '.join(LABEL_FIELDS)}; "
+                        f"set --label-field); columns are: {', '.join(map(str, cols))}")
+    text_col = _pick(cols, cfg.text_field, ("text",), "text")
+    if text_col is not None:
+        texts = df[text_col].map(lambda t: normalize_whitespace(str(t)) if t is not None else "")
+    else:
+        missing = [c for c in (cfg.title_field, cfg.abstract_field) if c not in cols]
+        if missing:
+            raise UserError(f"{source}: no 'text' column and no {' / '.join(missing)} column; "
+                            f"columns are: {', '.join(map(str, cols))}")
+        texts = [compose_text(t if isinstance(t, str) else "", a if isinstance(a, str) else "")
+                 for t, a in zip(df[cfg.title_field], df[cfg.abstract_field])]
+    id_col = _pick(cols, cfg.id_field, ID_FIELDS, "id")
+    out = pd.DataFrame({
+        "id": df[id_col].astype(str).values if id_col else [f"{Path(source).name}:{i}" for i in range(len(df))],
+        "text": list(texts),
+        "labels": [parse_labels(v, cfg.label_sep) for v in df[label_col]],
+    })
+    if cfg.split_by:
+        if cfg.split_by not in cols:
+            raise UserError(f"{source}: no '{cfg.split_by}' column to split by; columns are: {', '.join(map(str, cols))}")
+        out["date"] = df[cfg.split_by].astype(str).values
+    return out
+
+
+def clean(df: pd.DataFrame, fold_aliases: bool) -> tuple[pd.DataFrame, dict]:
+    """Drop empty texts, fold label aliases, de-duplicate by id and by text."""
+    stats = {"rows_read": len(df)}
+    df = df[df["text"].str.len() > 0]
+    stats["empty_text_dropped"] = stats["rows_read"] - len(df)
+    if fold_aliases:
+        df = df.assign(labels=[sorted({ARXIV_ALIASES.get(lab, lab) for lab in labs}) for labs in df["labels"]])
+    else:
+        df = df.assign(labels=[sorted(set(labs)) for labs in df["labels"]])
+    before = len(df)
+    df = df.drop_duplicates("id").drop_duplicates("text")
+    stats["duplicates_dropped"] = before - len(df)
+    return df.reset_index(drop=True), stats
+
+
+# ---------------------------------------------------------------- pruning and splitting
+
+def choose_labels(label_lists, min_count: int, top_k: int | None) -> tuple[list[str], Counter]:
+    """Labels with at least `min_count` examples, then the `top_k` most frequent; by frequency."""
+    counts = Counter(lab for labs in label_lists for lab in labs)
+    kept = [lab for lab, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
+    return (kept[:top_k] if top_k else kept), counts
+
+
+def label_matrix(label_lists, labels: list[str]) -> np.ndarray:
+    index = {lab: i for i, lab in enumerate(labels)}
+    y = np.zeros((len(label_lists), len(labels)), dtype=np.int8)
+    for row, labs in enumerate(label_lists):
+        for lab in labs:
+            if lab in index:
+                y[row, index[lab]] = 1
+    return y
+
+
+def stratified_holdout(y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Iterative stratification (Sechidis et al.) so rare labels appear in both parts."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
+    keep, hold = next(splitter.split(np.zeros(len(y)), y))
+    return np.sort(keep), np.sort(hold)
+
+
+def split(df: pd.DataFrame, cfg: PrepareConfig) -> tuple[dict[str, pd.DataFrame], list[str], Counter]:
+    """Random: prune on all rows, then stratify test and valid. Time: rows from --test-from on are
+    the test set, labels are pruned on the earlier rows, and valid is stratified out of those."""
+    if cfg.split_by:
+        if not cfg.test_from:
+            raise UserError("--split-by needs --test-from (the first date of the test set)")
+        is_test = (df["date"] >= cfg.test_from).to_numpy()
+        past, test = df[~is_test], df[is_test]
+        if past.empty or test.empty:
+            raise UserError(f"--test-from {cfg.test_from} leaves {'no training' if past.empty else 'no test'} rows "
+                            f"(dates run {df['date'].min()} .. {df['date'].max()})")
+        labels, counts = choose_labels(past["labels"], cfg.min_count, cfg.top_k)
+        _require_labels(labels, counts, cfg)
+        y = label_matrix(past["labels"], labels)
+        tr, va = stratified_holdout(y, cfg.valid_frac, cfg.seed)
+        parts = {"train": past.iloc[tr], "valid": past.iloc[va], "test": test}
+    else:
+        labels, counts = choose_labels(df["labels"], cfg.min_count, cfg.top_k)
+        _require_labels(labels, counts, cfg)
+        y = label_matrix(df["labels"], labels)
+        rest, te = stratified_holdout(y, cfg.test_frac, cfg.seed)
+        tr, va = stratified_holdout(y[rest], cfg.valid_frac / (1 - cfg.test_frac), cfg.seed)
+        parts = {"train": df.iloc[rest[tr]], "valid": df.iloc[rest[va]], "test": df.iloc[te]}
+    keep = set(labels)
+    for name, part in parts.items():
+        part = part.assign(labels=[[lab for lab in labs if lab in keep] for labs in part["labels"]])
+        parts[name] = part[part["labels"].map(len) > 0].reset_index(drop=True)
+    return parts, labels, counts
+
+
+def _require_labels(labels, counts, cfg):
+    if not labels:
+        top = max(counts.values()) if counts else 0
+        raise UserError(f"no label has at least --min-count {cfg.min_count} examples (the most frequent has {top}); "
+                        "lower --min-count")
+
+
+# ---------------------------------------------------------------- writing
+
+def write_jsonl(path: Path, df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in df.to_dict("records"):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_split(data_dir: str | Path, name: str) -> pd.DataFrame:
+    path = Path(data_dir) / f"{name}.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; run `papertasks prepare ... --out {data_dir}` first")
+    return read_table(path)
+
+
+def read_labels(data_dir: str | Path) -> list[str]:
+    from deployment.predictor import BundleError, load_labels
+
+    try:
+        return load_labels(Path(data_dir) / "labels.json")
+    except BundleError as e:
+        raise UserError(str(e)) from None
+
+
+def plot_label_frequency(counts_before: Counter, kept: list[str], min_count: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = sorted(counts_before.items(), key=lambda kv: -kv[1])
+    keep = set(kept)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.bar(range(len(ranked)), [n for _, n in ranked], color=["tab:blue" if lab in keep else "tab:gray" for lab, _ in ranked])
+    ax.set_yscale("log")
+    if min_count > 1:
+        ax.axhline(min_count, color="tab:red", linestyle="--", label=f"--min-count {min_count}")
+        ax.legend()
+    ax.set_xlabel(f"label rank ({len(ranked)} labels; blue: the {len(kept)} kept)")
+    ax.set_ylabel("examples (log)")
+    ax.set_title("Label frequency before pruning")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    out = Path(cfg.out)
+    frames = [to_examples(read_table(p), cfg, str(p)) for p in cfg.inputs]
+    df = pd.concat(frames, ignore_index=True)
+    if cfg.max_rows and len(df) > cfg.max_rows:
+        df = df.sample(cfg.max_rows, random_state=cfg.seed).reset_index(drop=True)
+    df, stats = clean(df, cfg.fold_aliases)
+    no_label = df["labels"].map(len) == 0
+    stats["unlabeled_dropped"] = int(no_label.sum())
+    df = df[~no_label].reset_index(drop=True)
+    if df.empty:
+        raise UserError("no labeled rows left after cleaning")
+    parts, labels, counts = split(df, cfg)
+    vocab = {lab: i for i, lab in enumerate(labels)}
+
+    split_counts = {name: Counter(lab for labs in part["labels"] for lab in labs) for name, part in parts.items()}
+    report = {
+        "config": asdict(cfg),
+        "cleaning": stats,
+        "labels_before": len(counts),
+        "labels_after": len(labels),
+        "rows_before_pruning": len(df),
+        "rows": {name: len(part) for name, part in parts.items()},
+        "rows_dropped_no_label_left": len(df) - sum(len(p) for p in parts.values()),
+        "labels_per_row": {name: round(float(part["labels"].map(len).mean()), 3) if len(part) else 0.0
+                           for name, part in parts.items()},
+        "label_frequency": {lab: {name: split_counts[name][lab] for name in SPLITS} for lab in labels},
+    }
+    for name, part in parts.items():
+        write_jsonl(out / f"{name}.jsonl", part)
+    write_json(out / "labels.json", vocab)
+    if cfg.labels_json:
+        write_json(cfg.labels_json, vocab)
+    write_json(out / "report.json", report)
+    plot_label_frequency(counts, labels, cfg.min_count, out / "label_frequency.png")
+    write_text(out / "report.md", render_report(report))
+    log.info("labels %d -> %d; rows train/valid/test = %d/%d/%d; written to %s", len(counts), len(labels),
+             len(parts["train"]), len(parts["valid"]), len(parts["test"]), out)
+    return report
+
+
+def render_report(report: dict) -> str:
+    lines = [
+        "# Data report", "",
+        f"- rows read: {report['cleaning']['rows_read']}; empty text dropped: {report['cleaning']['empty_text_dropped']}; "
+        f"duplicates dropped: {report['cleaning']['duplicates_dropped']}; unlabeled dropped: {report['cleaning']['unlabeled_dropped']}",
+        f"- labels: {report['labels_before']} before pruning -> {report['labels_after']} after "
+        f"(min-count {report['config']['min_count']}, top-k {report['config']['top_k']})",
+        f"- rows left with no label after pruning (dropped): {report['rows_dropped_no_label_left']}",
+        "- rows: " + ", ".join(f"{k} {v}" for k, v in report["rows"].items()),
+        "- labels per row: " + ", ".join(f"{k} {v}" for k, v in report["labels_per_row"].items()),
+        "", "![label frequency](label_frequency.png)", "",
+        "| label | train | valid | test |", "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {lab} | {c['train']} | {c['valid']} | {c['test']} |" for lab, c in report["label_frequency"].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,214 @@
+"""`papertasks evaluate`: tune thresholds on validation, measure on test, through the served predictor.
+
+Probabilities come from `deployment.predictor.Predictor`, the same code the app and `predict` run,
+so the numbers describe the int8 bundle that is served. The metric and threshold functions take
+plain probability matrices, so the TF-IDF baseline is measured by exactly the same code.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
+
+from papertasks.data import label_matrix, read_split
+from papertasks.errors import UserError
+from papertasks.io import atomic_path, read_json, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
+
+
+def tune_thresholds(y: np.ndarray, probs: np.ndarray, labels: list[str], min_positives: int) -> dict:
+    """One global threshold maximizing micro-F1, then per label maximizing that label's F1 where the
+    label has at least `min_positives` validation positives (others keep the global one)."""
+    micro = [f1_score(y, probs >= t, average="micro", zero_division=0) for t in THRESHOLD_GRID]
+    global_t = float(THRESHOLD_GRID[int(np.argmax(micro))])
+    per_label = {}
+    for j, label in enumerate(labels):
+        if y[:, j].sum() < min_positives:
+            continue
+        scores = [f1_score(y[:, j], probs[:, j] >= t, zero_division=0) for t in THRESHOLD_GRID]
+        per_label[label] = float(THRESHOLD_GRID[int(np.argmax(scores))])
+    return {"global": global_t, "per_label": per_label, "min_positives": min_positives,
+            "valid_micro_f1_at_global": float(max(micro))}
+
+
+def threshold_vector(thresholds: dict, labels: list[str]) -> np.ndarray:
+    return np.array([thresholds["per_label"].get(lab, thresholds["global"]) for lab in labels])
+
+
+def precision_at_k(y: np.ndarray, probs: np.ndarray, k: int) -> float:
+    """Share of the k best-scored labels that are true, averaged over papers (k capped by n_labels)."""
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return float(np.take_along_axis(y, top, axis=1).sum(axis=1).mean() / k)
+
+
+def compute_metrics(y: np.ndarray, probs: np.ndarray, cut: np.ndarray, labels: list[str]) -> dict:
+    pred = probs >= cut
+    present = y.sum(axis=0) > 0
+    both = present & (y.sum(axis=0) < len(y))
+    p, r, f, support = precision_recall_fscore_support(y, pred, average=None, zero_division=0)
+    return {
+        "f1_micro": float(f1_score(y, pred, average="micro", zero_division=0)),
+        "f1_macro": float(f1_score(y[:, present], pred[:, present], average="macro", zero_division=0)),
+        "f1_samples": float(f1_score(y, pred, average="samples", zero_division=0)),
+        "precision_at_1": precision_at_k(y, probs, 1),
+        "precision_at_3": precision_at_k(y, probs, 3),
+        "roc_auc_micro": float(roc_auc_score(y[:, both], probs[:, both], average="micro")) if both.any() else None,
+        "roc_auc_macro": float(roc_auc_score(y[:, both], probs[:, both], average="macro")) if both.any() else None,
+        "labels_in_macro": int(present.sum()),
+        "per_label": {lab: {"precision": float(p[j]), "recall": float(r[j]), "f1": float(f[j]), "support": int(support[j]),
+                            "threshold": float(cut[j])} for j, lab in enumerate(labels)},
+    }
+
+
+def evaluate_probs(name: str, labels: list[str], y_valid, p_valid, y_test, p_test, min_positives: int) -> dict:
+    """Thresholds from validation; test metrics with per-label, global and 0.5 thresholds."""
+    thresholds = tune_thresholds(y_valid, p_valid, labels, min_positives)
+    n = len(labels)
+    return {
+        "model": name, "labels": n, "valid_rows": len(y_valid), "test_rows": len(y_test),
+        "thresholds": thresholds,
+        "test": compute_metrics(y_test, p_test, threshold_vector(thresholds, labels), labels),
+        "test_global_threshold": _summary(compute_metrics(y_test, p_test, np.full(n, thresholds["global"]), labels)),
+        "test_threshold_0.5": _summary(compute_metrics(y_test, p_test, np.full(n, 0.5), labels)),
+    }
+
+
+def _summary(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "per_label"}
+
+
+def load_eval_data(data_dir, labels: list[str]):
+    """Validation and test texts and label matrices, checking the data's vocabulary fits the model."""
+    data_labels = read_json(Path(data_dir) / "labels.json") if (Path(data_dir) / "labels.json").is_file() else None
+    if data_labels is not None and set(data_labels) - set(labels):
+        missing = sorted(set(data_labels) - set(labels))[:5]
+        raise UserError(f"{data_dir} has labels the model does not know (e.g. {', '.join(missing)}); "
+                        "evaluate the model on the data it was trained for")
+    valid, test = read_split(data_dir, "valid"), read_split(data_dir, "test")
+    return (valid["text"].tolist(), label_matrix(valid["labels"], labels),
+            test["text"].tolist(), label_matrix(test["labels"], labels))
+
+
+def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_positives: int = 10,
+                    update_bundle: bool = True, labels_json: str | None = None) -> dict:
+    from deployment.predictor import BundleError, Predictor
+
+    try:
+        predictor = Predictor(model)
+    except BundleError as e:
+        raise UserError(str(e)) from None
+    labels = predictor.labels
+    x_valid, y_valid, x_test, y_test = load_eval_data(data, labels)
+    log.info("scoring %d validation and %d test texts with %s", len(x_valid), len(x_test), model)
+    p_valid = _scored(predictor, x_valid, batch_size, "valid")
+    p_test = _scored(predictor, x_test, batch_size, "test")
+    report = evaluate_probs(f"fine-tuned ({Path(model).name}, ONNX)", labels, y_valid, p_valid, y_test, p_test,
+                            min_positives)
+    write_report(report, Path(out), p_test, y_test, labels)
+    if update_bundle:
+        bundle = Path(model)
+        write_json(bundle / "thresholds.json", report["thresholds"])
+        write_json(bundle / "metrics.json", {k: report[k] for k in ("model", "labels", "valid_rows", "test_rows")}
+                   | {"test": _summary(report["test"]), "test_global_threshold": report["test_global_threshold"]})
+        if labels_json:
+            write_json(Path(labels_json).with_name("thresholds.json"), report["thresholds"])
+        from export.model_card import write_model_card
+
+        write_model_card(bundle)
+    return report
+
+
+def _scored(predictor, texts, batch_size, name):
+    from tqdm.auto import tqdm
+
+    chunks = [texts[i:i + 512] for i in range(0, len(texts), 512)]
+    return np.concatenate([predictor.predict_proba(c, batch_size=batch_size)
+                           for c in tqdm(chunks, desc=f"scoring {name}", unit="x512")]) if texts else \
+        np.zeros((0, len(predictor.labels)))
+
+
+def write_report(report: dict, out: Path, p_test: np.ndarray, y_test: np.ndarray, labels: list[str]) -> None:
+    """metrics.json, report.md (headline + per-label table) and two plots."""
+    write_json(out / "metrics.json", report)
+    _plot_per_label(report["test"]["per_label"], out / "per_label_f1.png")
+    _plot_pr(y_test, p_test, out / "precision_recall.png")
+    write_text(out / "report.md", render_report(report))
+    log.info("test: micro-F1 %.3f, macro-F1 %.3f, P@1 %.3f; report in %s", report["test"]["f1_micro"],
+             report["test"]["f1_macro"], report["test"]["precision_at_1"], out)
+
+
+def headline_row(report: dict) -> str:
+    t = report["test"]
+    auc = lambda v: f"{v:.3f}" if v is not None else "n/a"  # noqa: E731
+    return (f"| {report['model']} | {t['f1_micro']:.3f} | {t['f1_macro']:.3f} | {t['f1_samples']:.3f} | "
+            f"{t['precision_at_1']:.3f} | {t['precision_at_3']:.3f} | {auc(t['roc_auc_micro'])} | {auc(t['roc_auc_macro'])} |")
+
+
+HEADLINE_HEADER = ("| model | micro-F1 | macro-F1 | samples-F1 | P@1 | P@3 | ROC-AUC micro | ROC-AUC macro |\n"
+                   "|---|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def render_report(report: dict) -> str:
+    th = report["thresholds"]
+    lines = [f"# Evaluation: {report['model']}", "",
+             f"{report['labels']} labels; thresholds tuned on {report['valid_rows']} validation papers "
+             f"(global {th['global']}, {len(th['per_label'])} per-label); measured on {report['test_rows']} test papers.",
+             "", HEADLINE_HEADER, headline_row(report), "",
+             "Same test set, other thresholds: global only micro-F1 "
+             f"{report['test_global_threshold']['f1_micro']:.3f} / macro-F1 {report['test_global_threshold']['f1_macro']:.3f}; "
+             f"0.5 micro-F1 {report['test_threshold_0.5']['f1_micro']:.3f} / macro-F1 {report['test_threshold_0.5']['f1_macro']:.3f}.",
+             "", "![per-label F1](per_label_f1.png) ![precision-recall](precision_recall.png)", "",
+             "| label | precision | recall | F1 | support | threshold |", "|---|---:|---:|---:|---:|---:|"]
+    rows = sorted(report["test"]["per_label"].items(), key=lambda kv: -kv[1]["support"])
+    lines += [f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} | {m['threshold']:.2f} |"
+              for lab, m in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _save_fig(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _plot_per_label(per_label: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(per_label.items(), key=lambda kv: -kv[1]["support"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(rows)), 4))
+    ax.bar(range(len(rows)), [m["f1"] for _, m in rows])
+    ax.set_xticks(range(len(rows)), [lab for lab, _ in rows], rotation=90, fontsize=7)
+    ax.set_ylabel("test F1")
+    ax.set_ylim(0, 1)
+    ax.set_title("Per-label F1 (labels by test support, most frequent first)")
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _plot_pr(y: np.ndarray, probs: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    if y.sum():
+        precision, recall, _ = precision_recall_curve(y.ravel(), probs.ravel())
+        ax.plot(recall, precision)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("Micro precision-recall (test)")
+    fig.tight_layout()
+    _save_fig(fig, path)

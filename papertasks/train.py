@@ -1,0 +1,183 @@
+"""`papertasks train`: fine-tune a Hugging Face encoder for multi-label tagging with fastai.
+
+Schedule (ULMFiT-style, as in the original notebooks): `--frozen-epochs` of one-cycle training with
+only the head trainable at 10x `--lr`, then `--epochs` with everything unfrozen and discriminative
+learning rates (embeddings lr/10 ... head lr). After every epoch the model and optimizer are saved
+to `<out>/checkpoints/last.pth` with a small state file, so `--resume` continues from there; the
+epoch with the lowest validation loss is kept and written in Hugging Face format.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from papertasks.data import label_matrix, read_labels, read_split
+from papertasks.errors import UserError
+from papertasks.io import read_json, write_json
+from papertasks.paths import offline_base_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    base_model: str | None = None
+    max_length: int = 128
+    batch_size: int = 32
+    lr: float = 1e-4
+    frozen_epochs: int = 1
+    epochs: int = 2
+    max_train: int | None = None
+    max_valid: int | None = None
+    weight_decay: float = 0.01
+    resume: bool = False
+    seed: int = 42
+
+
+def load_base(base_model: str, labels: list[str]):
+    """Tokenizer + a sequence classifier with a fresh multi-label head; hub id or local folder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_model, num_labels=len(labels), problem_type="multi_label_classification",
+            id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
+            ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load base model '{base_model}': {first}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"'{base_model}' has no fast tokenizer (tokenizer.json); the ONNX app needs one")
+    return tokenizer, model
+
+
+def _checkpointer_class():
+    from fastai.callback.core import Callback, CancelEpochException
+
+    class Checkpointer(Callback):
+        """Saves last (with optimizer) after each epoch and best (lowest valid loss) weights;
+        on resume, skips finished epochs and puts the one-cycle schedule where it was."""
+        order = 70
+
+        def __init__(self, state_path: Path, phase: str, start_epoch: int, state: dict):
+            self.state_path, self.phase, self.start_epoch, self.state = state_path, phase, start_epoch, state
+
+        def before_epoch(self):
+            if self.epoch < self.start_epoch:
+                raise CancelEpochException
+            if self.epoch == self.start_epoch and self.start_epoch:
+                self.learn.train_iter = self.epoch * self.n_iter
+                self.learn.pct_train = self.epoch / self.n_epoch
+
+        def after_epoch(self):
+            if self.epoch < self.start_epoch:
+                return
+            valid_loss = float(self.recorder.values[-1][1])
+            metrics = dict(zip(self.recorder.metric_names[2:-1], map(float, self.recorder.values[-1][1:])))
+            self.state["history"].append({"phase": self.phase, "epoch": self.epoch, **metrics})
+            if valid_loss < self.state["best_valid_loss"]:
+                self.state["best_valid_loss"] = valid_loss
+                self.state["best"] = {"phase": self.phase, "epoch": self.epoch}
+                self.learn.save("best", with_opt=False)
+            self.learn.save("last", with_opt=True)
+            self.state["done"][self.phase] = self.epoch + 1
+            write_json(self.state_path, self.state)
+
+    return Checkpointer
+
+
+def train(cfg: TrainConfig) -> Path:
+    import torch
+    from fastai.torch_core import set_seed
+
+    from papertasks.learner import multilabel_learner, tokenized_dataloaders
+
+    out = Path(cfg.out)
+    labels = read_labels(cfg.data)
+    train_df, valid_df = read_split(cfg.data, "train"), read_split(cfg.data, "valid")
+    if cfg.max_train and len(train_df) > cfg.max_train:
+        train_df = train_df.sample(cfg.max_train, random_state=cfg.seed)
+    if cfg.max_valid and len(valid_df) > cfg.max_valid:
+        valid_df = valid_df.sample(cfg.max_valid, random_state=cfg.seed)
+    if len(train_df) < cfg.batch_size:
+        raise UserError(f"only {len(train_df)} training rows: fewer than one batch of {cfg.batch_size}")
+
+    base = cfg.base_model or offline_base_model()
+    state_path = out / "checkpoints" / "state.json"
+    if cfg.resume:
+        if not state_path.is_file():
+            raise UserError(f"--resume: no checkpoint in {out}/checkpoints; start without --resume")
+        state = read_json(state_path)
+        if state["labels"] != labels or state["base_model"] != base:
+            raise UserError(f"--resume: {out} was trained on other labels or another base model")
+    else:
+        state = {"labels": labels, "base_model": base, "config": asdict(cfg), "done": {},
+                 "best_valid_loss": float("inf"), "best": None, "history": []}
+
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    warnings.filterwarnings("ignore", category=UndefinedMetricWarning)  # rare labels absent from a batch
+    set_seed(cfg.seed, reproducible=True)
+    tokenizer, hf_model = load_base(base, labels)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    t0 = time.time()
+    dls = tokenized_dataloaders(
+        tokenizer,
+        (train_df["text"].tolist(), label_matrix(train_df["labels"], labels)),
+        (valid_df["text"].tolist(), label_matrix(valid_df["labels"], labels)),
+        max_length=cfg.max_length, batch_size=cfg.batch_size, device=device)
+    log.info("tokenized %d train / %d valid texts in %.1fs; %d labels; base %s; device %s",
+             len(train_df), len(valid_df), time.time() - t0, len(labels), base, device)
+    learn = multilabel_learner(hf_model, dls, path=out, weight_decay=cfg.weight_decay)
+    if cuda:
+        learn.to_fp16()
+    if cfg.resume:
+        learn.load("last", with_opt=True, device=device)
+        log.info("resuming after %s", state["done"])
+
+    Checkpointer = _checkpointer_class()
+    phases = [("frozen", cfg.frozen_epochs, cfg.lr * 10), ("unfrozen", cfg.epochs, slice(cfg.lr / 10, cfg.lr))]
+    t0 = time.time()
+    for phase, n_epochs, lr in phases:
+        done = state["done"].get(phase, 0)
+        if n_epochs == 0 or done >= n_epochs:
+            continue
+        learn.freeze() if phase == "frozen" else learn.unfreeze()
+        learn.fit_one_cycle(n_epochs, lr, cbs=[Checkpointer(state_path, phase, done, state)])
+    state["train_seconds"] = state.get("train_seconds", 0) + round(time.time() - t0, 1)
+
+    learn.load("best", device=device, with_opt=False)
+    save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out)
+    log.info("best epoch %s (valid loss %.4f); model saved to %s", state["best"], state["best_valid_loss"], out)
+    return out
+
+
+def save_trained(hf_model, tokenizer, labels, cfg: TrainConfig, state: dict, out: Path) -> None:
+    """Hugging Face layout (safetensors + tokenizer.json) plus labels.json and training_config.json."""
+    hf_model.float().cpu().save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    write_json(out / "labels.json", {lab: i for i, lab in enumerate(labels)})
+    write_json(out / "training_config.json", {
+        **asdict(cfg), "base_model": state["base_model"], "labels": len(labels),
+        "best": state["best"], "best_valid_loss": state["best_valid_loss"], "history": state["history"],
+        "train_seconds": state.get("train_seconds"), "data_report": _data_report(cfg.data),
+        "torch_threads": os.cpu_count()})
+
+
+def _data_report(data_dir) -> dict | None:
+    path = Path(data_dir) / "report.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return {k: report[k] for k in ("config", "labels_before", "labels_after", "rows")}

@@ -1,0 +1,140 @@
+"""A polite HTTP client: one shared delay between requests, Retry-After, capped backoff, a clear User-Agent.
+
+Every source fetches through `PoliteClient`, so the rules that keep us welcome on arXiv and PwC
+mirrors (about one request every 3 s, back off when told) live in one place.
+"""
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+
+from papertasks.errors import UserError
+
+log = logging.getLogger(__name__)
+
+AGENT_NAME = "papertasks-scraper"
+AGENT_VERSION = "0.1"
+PROJECT_URL = "https://github.com/papertasks/papertasks"
+BACKOFF_CAP_S = 120.0  # longest wait between retries of a 5xx / timeout / bad body
+RETRY_AFTER_CAP_S = 600.0  # never sleep longer than this on one Retry-After
+
+T = TypeVar("T")
+
+
+class FetchError(Exception):
+    """A request that still failed after every retry (or failed in a way retrying cannot fix)."""
+
+
+class HttpStatusError(FetchError):
+    """A 4xx answer (other than 429): the request itself is wrong, so it is not retried."""
+
+    def __init__(self, url: str, status: int, body: str):
+        super().__init__(f"GET {url}: HTTP {status}")
+        self.status = status
+        self.body = body
+
+
+class BadResponse(ValueError):
+    """Raised by a parse callback when a 200 body is unusable (truncated XML, ...): retried like a 5xx."""
+
+
+@dataclass
+class HttpSettings:
+    delay: float = 3.0  # seconds between the end of one request and the start of the next
+    timeout: float = 30.0
+    max_retries: int = 5
+    backoff: float = 2.0  # first wait after a 5xx/timeout; doubles each retry up to BACKOFF_CAP_S
+    contact: str | None = None
+
+    @property
+    def user_agent(self) -> str:
+        contact = f"; mailto:{self.contact}" if self.contact else ""
+        return f"{AGENT_NAME}/{AGENT_VERSION} (+{PROJECT_URL}{contact})"
+
+
+def require_http_url(url: str, what: str) -> str:
+    """Reject anything but an absolute http(s) URL with one clear line."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(f"{what} must be an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After is either a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class PoliteClient:
+    """GET with a minimum gap between requests and retries for 429/5xx/timeouts/bad bodies."""
+
+    def __init__(self, settings: HttpSettings):
+        self.settings = settings
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = settings.user_agent
+        self.requests_made = 0
+        self._last_request_end: float | None = None
+
+    def fetch(self, url: str, params: dict | None = None, parse: Callable[[requests.Response], T] | None = None,
+              stream: bool = False):
+        """GET `url`; return `parse(response)` (or the response). Raises FetchError when retries run out."""
+        attempts = self.settings.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._get_once(url, params, stream)
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+                problem, wait = f"{type(e).__name__}", self._backoff(attempt)
+            else:
+                status = response.status_code
+                if status in (429, 503):
+                    hinted = retry_after_seconds(response.headers.get("Retry-After"))
+                    problem = f"HTTP {status}"
+                    wait = min(hinted, RETRY_AFTER_CAP_S) if hinted is not None else self._backoff(attempt)
+                elif status >= 500:
+                    problem, wait = f"HTTP {status}", self._backoff(attempt)
+                elif status >= 400:
+                    raise HttpStatusError(response.url, status, response.text[:2000])
+                elif parse is None:
+                    return response
+                else:
+                    try:
+                        return parse(response)
+                    except BadResponse as e:
+                        problem, wait = f"unusable body ({e})", self._backoff(attempt)
+            if attempt == attempts:
+                raise FetchError(f"GET {url} failed after {attempts} attempts: {problem}")
+            log.warning("GET %s: %s; retry %d/%d in %.1fs", url, problem, attempt, attempts - 1, wait)
+            time.sleep(wait)
+
+    def _backoff(self, attempt: int) -> float:
+        return min(BACKOFF_CAP_S, self.settings.backoff * 2 ** (attempt - 1))
+
+    def _get_once(self, url: str, params: dict | None, stream: bool) -> requests.Response:
+        if self._last_request_end is not None:
+            gap = self._last_request_end + self.settings.delay - time.monotonic()
+            if gap > 0:
+                time.sleep(gap)
+        self.requests_made += 1
+        log.debug("GET %s %s", url, params or "")
+        try:
+            response = self.session.get(url, params=params, timeout=self.settings.timeout, stream=stream)
+            if not stream:
+                response.content  # read the body inside the try: a stalled body is a timeout too
+            return response
+        finally:
+            self._last_request_end = time.monotonic()
