@@ -53,12 +53,12 @@ def render_model_card(bundle: Path) -> str:
                   f"| ONNX fp32 | {fp32['max_prob_diff']:.2e} | {fp32['mean_prob_diff']:.2e} | {100 * fp32['same_label_set']:.1f}% |",
                   f"| ONNX int8 | {int8['max_prob_diff']:.3f} | {int8['mean_prob_diff']:.4f} | {100 * int8['same_label_set']:.1f}% |"]
     if metrics:
-        t = metrics["test"]
+        t = {k: (f"{v:.3f}" if isinstance(v, float) else "n/a") for k, v in metrics["test"].items()}
         lines += ["", f"## Test metrics ({metrics.get('test_rows')} papers, this int8 bundle, per-label thresholds)", "",
                   "| micro-F1 | macro-F1 | samples-F1 | P@1 | P@3 | ROC-AUC (micro) | ROC-AUC (macro) |",
                   "|---:|---:|---:|---:|---:|---:|---:|",
-                  f"| {t['f1_micro']:.3f} | {t['f1_macro']:.3f} | {t['f1_samples']:.3f} | {t['precision_at_1']:.3f} | "
-                  f"{t['precision_at_3']:.3f} | {t['roc_auc_micro']:.3f} | {t['roc_auc_macro']:.3f} |"]
+                  f"| {t['f1_micro']} | {t['f1_macro']} | {t['f1_samples']} | {t['precision_at_1']} | "
+                  f"{t['precision_at_3']} | {t['roc_auc_micro']} | {t['roc_auc_macro']} |"]
     if thresholds:
         tuned = len(thresholds.get("per_label", {}))
         lines += ["", "## Thresholds", "",

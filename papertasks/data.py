@@ -20,7 +20,6 @@ import pandas as pd
 from deployment.predictor import compose_text, normalize_whitespace
 from papertasks.errors import UserError
 from papertasks.io import atomic_path, write_json, write_text
-from papertasks.paths import DEFAULT_LABELS_JSON
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ class PrepareConfig:
     test_from: str | None = None
     max_rows: int | None = None
     fold_aliases: bool = True
-    labels_json: str | None = DEFAULT_LABELS_JSON
+    labels_json: str | None = None  # the CLI passes json_files/labels.json
     seed: int = 42
 
 
@@ -249,14 +248,12 @@ def read_labels(data_dir: str | Path) -> list[str]:
 
 
 def plot_label_frequency(counts_before: Counter, kept: list[str], min_count: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     ranked = sorted(counts_before.items(), key=lambda kv: -kv[1])
     keep = set(kept)
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax = fig.subplots()
     ax.bar(range(len(ranked)), [n for _, n in ranked], color=["tab:blue" if lab in keep else "tab:gray" for lab, _ in ranked])
     ax.set_yscale("log")
     if min_count > 1:
@@ -268,7 +265,6 @@ def plot_label_frequency(counts_before: Counter, kept: list[str], min_count: int
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def prepare(cfg: PrepareConfig) -> dict:

@@ -172,21 +172,16 @@ def render_report(report: dict) -> str:
 
 
 def _save_fig(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def _plot_per_label(per_label: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows = sorted(per_label.items(), key=lambda kv: -kv[1]["support"])
-    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(rows)), 4))
+    fig = Figure(figsize=(max(6, 0.25 * len(rows)), 4))
+    ax = fig.subplots()
     ax.bar(range(len(rows)), [m["f1"] for _, m in rows])
     ax.set_xticks(range(len(rows)), [lab for lab, _ in rows], rotation=90, fontsize=7)
     ax.set_ylabel("test F1")
@@ -197,13 +192,11 @@ def _plot_per_label(per_label: dict, path: Path) -> None:
 
 
 def _plot_pr(y: np.ndarray, probs: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from sklearn.metrics import precision_recall_curve
 
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
     if y.sum():
         precision, recall, _ = precision_recall_curve(y.ravel(), probs.ravel())
         ax.plot(recall, precision)

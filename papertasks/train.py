@@ -66,18 +66,15 @@ def _checkpointer_class():
 
     class Checkpointer(Callback):
         """Saves last (with optimizer) after each epoch and best (lowest valid loss) weights;
-        on resume, skips finished epochs and puts the one-cycle schedule where it was."""
+        on resume, skips the epochs already done."""
         order = 70
 
         def __init__(self, state_path: Path, phase: str, start_epoch: int, state: dict):
             self.state_path, self.phase, self.start_epoch, self.state = state_path, phase, start_epoch, state
 
-        def before_epoch(self):
+        def before_epoch(self):  # fastai sets pct_train from the epoch, so the schedule resumes in place
             if self.epoch < self.start_epoch:
                 raise CancelEpochException
-            if self.epoch == self.start_epoch and self.start_epoch:
-                self.learn.train_iter = self.epoch * self.n_iter
-                self.learn.pct_train = self.epoch / self.n_epoch
 
         def after_epoch(self):
             if self.epoch < self.start_epoch:

@@ -1,0 +1,60 @@
+"""`papertasks predict` and the shared predictor."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from conftest import assert_clean_error, run_cli, write_jsonl
+from deployment.predictor import Predictor, compose_text
+
+
+def test_predict_jsonl_keeps_ids_and_order(tiny_bundle, tiny_data, tmp_path):
+    rows = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:40]
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
+    result = run_cli("predict", src, "-o", tmp_path / "out.jsonl", "--model", tiny_bundle, "--top-k", "5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+    assert [o["id"] for o in out] == [r["id"] for r in rows]
+    labels = set(json.loads((tiny_bundle / "labels.json").read_text()))
+    for o in out:
+        assert len(o["scores"]) == 5 and set(o["scores"]) <= labels
+        assert set(o["labels"]) <= labels
+        assert list(o["scores"].values()) == sorted(o["scores"].values(), reverse=True)
+
+
+def test_predict_csv_with_title_and_abstract(tiny_bundle, tmp_path):
+    frame = pd.DataFrame({"title": ["Vision transformers for detection", "Parsing with LLMs"],
+                          "abstract": ["We detect objects in images.", "We parse sentences."]})
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    result = run_cli("predict", tmp_path / "in.csv", "-o", tmp_path / "out.jsonl", "--model", tiny_bundle)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+    assert [o["id"] for o in out] == [0, 1]
+    direct = Predictor(tiny_bundle).predict([compose_text(t, a) for t, a in zip(frame.title, frame.abstract)])
+    assert [o["scores"] for o in out] == [d["scores"] for d in direct]
+
+
+def test_batching_and_padding_do_not_change_scores(tiny_bundle, tiny_model):
+    """Exact for fp32. Dynamic int8 picks activation scales per batch, so a text's scores move a
+    little with its batch-mates; they must stay close."""
+    texts = ["short", "a much longer text about reinforcement learning for robots " * 5, "medium length text here"]
+    for folder, tolerance in ((tiny_model / "onnx", 1e-5), (tiny_bundle, 0.02)):
+        predictor = Predictor(folder)
+        together = predictor.predict_proba(texts, batch_size=2)
+        alone = [predictor.predict_proba([t])[0] for t in texts]
+        for a, b in zip(together, alone):
+            assert abs(a - b).max() < tolerance, folder
+
+
+def test_bad_predict_input_is_clean_and_writes_nothing(tiny_bundle, tmp_path):
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"id": 1, "text": "fine"}\n{"id": 2, "text": broken\n')
+    assert_clean_error(run_cli("predict", bad_json, "-o", tmp_path / "o1.jsonl", "--model", tiny_bundle),
+                       "predict", "bad.jsonl:2: not valid JSON")
+    no_text = write_jsonl(tmp_path / "notext.jsonl", [{"id": 1, "body": "x"}])
+    assert_clean_error(run_cli("predict", no_text, "-o", tmp_path / "o2.jsonl", "--model", tiny_bundle),
+                       "predict", "needs a 'text' field")
+    assert_clean_error(run_cli("predict", no_text, "-o", tmp_path / "o3.jsonl", "--model", tmp_path / "nomodel"),
+                       "predict", "no such model folder")
+    assert not list(tmp_path.glob("o*.jsonl")) and not list(tmp_path.glob(".o*"))

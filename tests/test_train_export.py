@@ -1,0 +1,112 @@
+"""Training with the fastai glue, resume, and the ONNX export with its parity check."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import TINY_TRAIN, assert_clean_error, run_cli
+from deployment.predictor import BundleError, Predictor
+from papertasks.errors import UserError
+
+
+def test_trained_folder_is_a_hugging_face_model(tiny_model, tiny_data):
+    from transformers import AutoModelForSequenceClassification
+
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "labels.json", "training_config.json"):
+        assert (tiny_model / name).is_file(), name
+    labels = json.loads((tiny_model / "labels.json").read_text())
+    assert labels == json.loads((tiny_data / "labels.json").read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model)
+    assert model.config.num_labels == len(labels)
+    assert model.config.problem_type == "multi_label_classification"
+    config = json.loads((tiny_model / "training_config.json").read_text())
+    assert len(config["history"]) == 1 and config["best"] == {"phase": "unfrozen", "epoch": 0}
+
+
+def test_splitter_gives_embeddings_encoder_head(tiny_model):
+    from transformers import AutoModelForSequenceClassification
+
+    from papertasks.learner import HFSequenceClassifier, hf_splitter
+
+    model = HFSequenceClassifier(AutoModelForSequenceClassification.from_pretrained(tiny_model))
+    groups = hf_splitter(model)
+    assert len(groups) == 3
+    assert sum(p.numel() for g in groups for p in g) == sum(p.numel() for p in model.parameters())
+    head = {id(p) for p in groups[2]}
+    assert id(model.hf_model.classifier.weight) in head
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_data, tmp_path):
+    from papertasks.train import TrainConfig, train
+
+    cfg = {**TINY_TRAIN, "max_train": 32, "max_valid": 16}
+    train(TrainConfig(data=str(tiny_data), out=str(tmp_path), **cfg))
+    first = json.loads((tmp_path / "training_config.json").read_text())["history"]
+    train(TrainConfig(data=str(tiny_data), out=str(tmp_path), **{**cfg, "epochs": 2}, resume=True))
+    history = json.loads((tmp_path / "training_config.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0, 1]  # epoch 0 was not trained again
+    assert history[0] == first[0]
+
+
+def test_resume_without_checkpoint_and_bad_base_model_are_clean_errors(tiny_data, tmp_path):
+    from papertasks.train import TrainConfig, train
+
+    with pytest.raises(UserError, match="no checkpoint"):
+        train(TrainConfig(data=str(tiny_data), out=str(tmp_path), resume=True))
+    result = run_cli("train", "--data", tiny_data, "--out", tmp_path / "m", "--base-model", tmp_path / "missing")
+    assert_clean_error(result, "train", "cannot load base model")
+
+
+def test_export_bundle_sizes_and_parity(tiny_bundle, tiny_model):
+    for name in ("model.onnx", "tokenizer.json", "labels.json", "thresholds.json", "config.json",
+                 "export_report.json", "MODEL_CARD.md"):
+        assert (tiny_bundle / name).is_file(), name
+    report = json.loads((tiny_bundle / "export_report.json").read_text())
+    assert report["parity"]["onnx_fp32_vs_torch"]["max_prob_diff"] < 1e-3
+    assert report["parity"]["onnx_fp32_vs_torch"]["same_label_set"] == 1.0
+    assert report["sizes"]["onnx_int8_mb"] < 0.3 * report["sizes"]["onnx_fp32_mb"]
+    assert (tiny_model / "onnx" / "model.onnx").is_file()  # fp32 kept beside the trained model
+    card = (tiny_bundle / "MODEL_CARD.md").read_text()
+    assert "ONNX int8" in card and "papertasks train --data DATA_DIR" in card
+
+
+def test_onnx_matches_torch_on_padded_batches(tiny_model):
+    """Batches of very different lengths exercise padding and the dynamic axes."""
+    from export.onnx_export import load_trained, torch_probs
+
+    model, tokenizer, _ = load_trained(tiny_model)
+    texts = ["Graph neural networks.", "A long abstract " * 40, "Speech recognition with transformers for low-resource languages."]
+    reference = torch_probs(model, tokenizer, texts, max_length=64)
+    onnx = Predictor(tiny_model / "onnx").predict_proba(texts, batch_size=2)
+    np.testing.assert_allclose(onnx, reference, atol=1e-4)
+
+
+def test_failed_parity_leaves_the_old_bundle(tiny_model, tiny_bundle, tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    result = run_cli("export", "--model", tiny_model, "--out", target, "--max-prob-diff", "-1", "--parity-texts", "4")
+    assert_clean_error(result, "export", "parity check failed")
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging folder left behind
+
+
+def test_labels_that_do_not_fit_the_model_are_refused(tiny_model, tiny_bundle, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model, ignore=shutil.ignore_patterns("checkpoints", "onnx"))
+    labels = json.loads((model / "labels.json").read_text())
+    (model / "labels.json").write_text(json.dumps({**labels, "extra.label": len(labels)}))
+    assert_clean_error(run_cli("export", "--model", model, "--out", tmp_path / "b"), "export",
+                       f"{len(labels) + 1} labels but the model has {len(labels)} outputs")
+    assert not (tmp_path / "b").exists()
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    (bundle / "labels.json").write_text(json.dumps({**labels, "extra.label": len(labels)}))
+    with pytest.raises(BundleError, match="outputs"):
+        Predictor(bundle)
+    assert_clean_error(run_cli("predict", tiny_model / "labels.json", "-o", tmp_path / "p.jsonl", "--model", bundle),
+                       "predict", "outputs")
