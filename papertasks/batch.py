@@ -14,7 +14,6 @@ from pathlib import Path
 from deployment.predictor import BundleError, Predictor, compose_text, normalize_whitespace
 from papertasks.data import ID_FIELDS
 from papertasks.errors import UserError
-from papertasks.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -89,32 +88,101 @@ def row_id(row: dict, index: int):
     return next((row[k] for k in ID_FIELDS if k in row), index)
 
 
+_predictor: Predictor | None = None  # one per worker process
+
+
+def _init_worker(model_dir: str, threads: int | None) -> None:
+    global _predictor
+    _predictor = Predictor(model_dir, threads=threads)
+
+
+def _score_chunk(job: tuple) -> list[str]:
+    """Output lines for one chunk of input rows, in input order."""
+    first_index, rows, text_field, top_k, batch_size, where = job
+    texts = [row_text(row, text_field, f"{where} row {first_index + i + 1}") for i, row in enumerate(rows)]
+    results = _predictor.predict(texts, top_k=top_k, batch_size=batch_size)
+    lines = []
+    for i, (row, text, result) in enumerate(zip(rows, texts, results)):
+        record = {"id": row_id(row, first_index + i), **result} if text else \
+            {"id": row_id(row, first_index + i), "labels": [], "scores": {}, "error": "empty text"}
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    return lines
+
+
+def _run_fingerprint(src: Path, model_dir: str, text_field, top_k) -> dict:
+    stat = src.stat()
+    return {"input": str(src.resolve()), "size": stat.st_size, "mtime": stat.st_mtime,
+            "model": str(Path(model_dir).resolve()), "text_field": text_field, "top_k": top_k}
+
+
+def _resume_point(partial: Path, state: Path, fingerprint: dict) -> int:
+    """Complete lines already in `partial` from the same run (a torn last line is cut), else 0."""
+    if not partial.exists() or not state.exists() or json.loads(state.read_text()) != fingerprint:
+        partial.unlink(missing_ok=True)
+        return 0
+    data = partial.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        with open(partial, "r+b") as f:
+            f.truncate(keep)
+    return data[:keep].count(b"\n")
+
+
 def predict_file(input: str, output: str, model_dir: str, batch_size: int = 32, text_field: str | None = None,
-                 top_k: int | None = None) -> int:
+                 top_k: int | None = None, workers: int = 1) -> int:
+    """Stream `input` through the predictor into `output` (JSONL).
+
+    Lines go to `OUTPUT.partial` as each chunk is scored; the finished file is renamed to `output`,
+    so `output` never holds a partial result. Run the same command again after an interruption and
+    it continues after the last complete line. `workers` > 1 scores chunks in that many processes
+    (order kept), each with its share of the cores."""
+    import itertools
+    import multiprocessing
+    import os
+
     from tqdm.auto import tqdm
 
-    src = Path(input)
+    src, out = Path(input), Path(output)
     if not src.is_file():
         raise UserError(f"{src}: no such file")
+    if workers < 1:
+        raise UserError("--workers must be at least 1")
     try:
-        predictor = Predictor(model_dir)
+        Predictor(model_dir)  # fail fast, in this process, on a bad bundle
     except BundleError as e:
         raise UserError(str(e)) from None
-    written = empty = 0
-    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out, \
-            tqdm(desc="predict", unit=" papers", dynamic_ncols=True) as bar:
-        for chunk in _chunks(iter_rows(src), CHUNK_ROWS):
-            texts = [row_text(row, text_field, f"{src} row {written + i + 1}") for i, row in enumerate(chunk)]
-            empty += sum(not t for t in texts)
-            results = predictor.predict(texts, top_k=top_k, batch_size=batch_size)
-            for i, (row, result) in enumerate(zip(chunk, results)):
-                record = {"id": row_id(row, written + i), **result}
-                if not texts[i]:
-                    record = {"id": record["id"], "labels": [], "scores": {}, "error": "empty text"}
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            written += len(chunk)
-            bar.update(len(chunk))
-    if empty:
-        log.warning("%d rows had no text; they are in the output with an 'error' field", empty)
-    log.info("wrote %d predictions to %s", written, output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial, state = out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.json")
+    fingerprint = _run_fingerprint(src, model_dir, text_field, top_k)
+    done = _resume_point(partial, state, fingerprint)
+    if done:
+        log.info("resuming after %d predictions already in %s", done, partial)
+    state.write_text(json.dumps(fingerprint))
+
+    rows = itertools.islice(iter_rows(src), done, None)
+    jobs = ((done + n * CHUNK_ROWS, chunk, text_field, top_k, batch_size, str(src))
+            for n, chunk in enumerate(_chunks(rows, CHUNK_ROWS)))
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (model_dir, threads)) if workers > 1 else None
+    if pool is None:
+        _init_worker(model_dir, threads)
+    written = done
+    try:
+        with open(partial, "a", encoding="utf-8") as f, \
+                tqdm(desc="predict", unit=" papers", initial=done, dynamic_ncols=True) as bar:
+            for lines in (pool.imap(_score_chunk, jobs) if pool else map(_score_chunk, jobs)):
+                f.write("".join(lines))
+                f.flush()
+                written += len(lines)
+                bar.update(len(lines))
+    except UserError:  # bad input fails the same way on every rerun: keep nothing
+        partial.unlink(missing_ok=True)
+        state.unlink(missing_ok=True)
+        raise
+    finally:
+        if pool:
+            pool.terminate()
+    os.replace(partial, out)
+    state.unlink(missing_ok=True)
+    log.info("wrote %d predictions to %s", written, out)
     return written

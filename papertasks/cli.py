@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from papertasks.errors import UserError
@@ -22,6 +23,8 @@ the pipeline, end to end:
   papertasks evaluate --model deployment/model --data data/arxiv --out reports/arxiv
   papertasks predict papers.jsonl -o predictions.jsonl
   papertasks app
+  papertasks serve --redis-url redis://127.0.0.1:6379/0     # REST API; and, for /jobs:
+  papertasks worker --redis-url redis://127.0.0.1:6379/0
 """
 
 
@@ -65,13 +68,30 @@ def _predict(args):
     from papertasks.batch import predict_file
 
     predict_file(args.input, args.output, model_dir=args.model, batch_size=args.batch_size,
-                 text_field=args.text_field, top_k=args.top_k)
+                 text_field=args.text_field, top_k=args.top_k, workers=args.workers)
 
 
 def _app(args):
     from deployment.app import launch
 
     launch(model_dir=args.model, host=args.host, port=args.port, share=args.share)
+
+
+def _serve(args):
+    from papertasks.api import serve
+
+    serve(args.model, host=args.host, port=args.port, log_level=args.log_level, redis_url=args.redis_url,
+          queue=args.queue, result_ttl=args.result_ttl, queue_ttl=args.queue_ttl, job_timeout=args.job_timeout,
+          job_heartbeat=args.job_heartbeat, max_batch=args.max_batch,
+          max_upload_bytes=int(args.max_upload_mb * 2**20))
+
+
+def _worker(args):
+    from papertasks.jobs import run_worker
+
+    if not args.redis_url:
+        raise UserError("no Redis: pass --redis-url redis://HOST:6379/0 (or set PAPERTASKS_REDIS_URL)")
+    run_worker(args.redis_url, args.queue, model_dir=args.model, burst=args.burst, name=args.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--text-field", default=None)
     p.add_argument("--top-k", type=int, default=None, help="keep only the K best scores per line")
+    p.add_argument("--workers", type=int, default=1, help="processes scoring chunks in parallel (order kept)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("app", help="the Gradio app (same as `python deployment/app.py`)",
@@ -172,6 +193,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true")
     p.set_defaults(func=_app)
+
+    redis_default = os.environ.get("PAPERTASKS_REDIS_URL")
+    p = sub.add_parser("serve", help="REST API (FastAPI + uvicorn): /predict, /predict/batch, /jobs, /docs",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_BUNDLE, help="bundle folder")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--redis-url", default=redis_default,
+                   help="Redis for async jobs, e.g. redis://127.0.0.1:6379/0 (default: $PAPERTASKS_REDIS_URL); "
+                        "without it /jobs answers 503 and the rest works")
+    p.add_argument("--queue", default="papertasks", help="RQ queue the jobs go to")
+    p.add_argument("--result-ttl", type=int, default=3600, help="seconds job results and failures are kept")
+    p.add_argument("--queue-ttl", type=int, default=3600, help="seconds a job may wait for a worker")
+    p.add_argument("--job-timeout", type=int, default=3600, help="seconds a worker may spend on one job")
+    p.add_argument("--job-heartbeat", type=float, default=5.0,
+                   help="running jobs heartbeat this often; silent for 3x this = worker lost, job failed")
+    p.add_argument("--max-batch", type=int, default=256, help="most items in one POST /predict/batch")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest file POST /jobs accepts")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="an RQ worker for /jobs (run any number, on any machine with the bundle)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--redis-url", default=redis_default, help="the server's Redis (default: $PAPERTASKS_REDIS_URL)")
+    p.add_argument("--queue", nargs="+", default=["papertasks"], help="queues to take jobs from")
+    p.add_argument("--model", default=DEFAULT_BUNDLE, help="bundle folder: the same bundle as the server's")
+    p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    p.add_argument("--name", default=None, help="worker name (default: RQ picks a unique one)")
+    p.set_defaults(func=_worker)
 
     register_scrape(sub)
     return parser

@@ -121,6 +121,9 @@ def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_p
         from export.model_card import write_model_card
 
         write_model_card(bundle)
+        from deployment.manifest import write_manifest
+
+        write_manifest(bundle)  # the checksums must cover the files rewritten above
     return report
 
 

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 AGENT_NAME = "papertasks-scraper"
 AGENT_VERSION = "0.1"
-PROJECT_URL = "https://github.com/papertasks/papertasks"
 BACKOFF_CAP_S = 120.0  # longest wait between retries of a 5xx / timeout / bad body
 RETRY_AFTER_CAP_S = 600.0  # never sleep longer than this on one Retry-After
 
@@ -55,7 +54,7 @@ class HttpSettings:
     @property
     def user_agent(self) -> str:
         contact = f"; mailto:{self.contact}" if self.contact else ""
-        return f"{AGENT_NAME}/{AGENT_VERSION} (+{PROJECT_URL}{contact})"
+        return f"{AGENT_NAME}/{AGENT_VERSION} (paper-abstract dataset builder{contact})"
 
 
 def require_http_url(url: str, what: str) -> str:

@@ -58,3 +58,52 @@ def test_bad_predict_input_is_clean_and_writes_nothing(tiny_bundle, tmp_path):
     assert_clean_error(run_cli("predict", no_text, "-o", tmp_path / "o3.jsonl", "--model", tmp_path / "nomodel"),
                        "predict", "no such model folder")
     assert not list(tmp_path.glob("o*.jsonl")) and not list(tmp_path.glob(".o*"))
+
+
+def _papers(tiny_data, tmp_path, n=70):
+    rows = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:n]
+    assert len(rows) == n
+    return write_jsonl(tmp_path / "papers.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
+
+
+def test_interrupted_predict_resumes_without_redoing_or_duplicating(tiny_bundle, tiny_data, tmp_path, monkeypatch):
+    import pytest
+
+    from papertasks import batch
+
+    src = _papers(tiny_data, tmp_path)
+    monkeypatch.setattr(batch, "CHUNK_ROWS", 16)
+    batch.predict_file(str(src), str(tmp_path / "clean.jsonl"), str(tiny_bundle))
+
+    real_score, calls = batch._score_chunk, []
+
+    def interrupted(job):
+        calls.append(job[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_score(job)
+
+    monkeypatch.setattr(batch, "_score_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        batch.predict_file(str(src), str(tmp_path / "out.jsonl"), str(tiny_bundle))
+    assert not (tmp_path / "out.jsonl").exists()
+    assert len((tmp_path / "out.jsonl.partial").read_text().splitlines()) == 32
+    with open(tmp_path / "out.jsonl.partial", "a") as f:
+        f.write('{"id": "torn')  # a kill mid-write leaves a torn line
+
+    calls.clear()
+    monkeypatch.setattr(batch, "_score_chunk", lambda job: calls.append(job[0]) or real_score(job))
+    assert batch.predict_file(str(src), str(tmp_path / "out.jsonl"), str(tiny_bundle)) == 70
+    assert calls == [32, 48, 64]  # only the chunks not done before
+    assert (tmp_path / "out.jsonl").read_text() == (tmp_path / "clean.jsonl").read_text()
+    assert not list(tmp_path.glob("out.jsonl.partial*"))
+
+
+def test_workers_give_the_same_output(tiny_bundle, tiny_data, tmp_path, monkeypatch):
+    from papertasks import batch
+
+    src = _papers(tiny_data, tmp_path, n=64)
+    monkeypatch.setattr(batch, "CHUNK_ROWS", 16)
+    batch.predict_file(str(src), str(tmp_path / "one.jsonl"), str(tiny_bundle))
+    batch.predict_file(str(src), str(tmp_path / "two.jsonl"), str(tiny_bundle), workers=2)
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()

@@ -170,7 +170,7 @@ def test_arxiv_pages_request_shape_and_completion(shared, server, tmp_path, caps
     first = server.hits[0]
     assert first.query["search_query"] == "cat:cs.CL OR cat:cs.LG"
     assert (first.query["max_results"], first.query["sortBy"], first.query["sortOrder"]) == ("3", "submittedDate", "descending")
-    assert first.headers["User-Agent"] == "papertasks-scraper/0.1 (+https://github.com/papertasks/papertasks; mailto:tests@example.org)"
+    assert first.headers["User-Agent"] == "papertasks-scraper/0.1 (paper-abstract dataset builder; mailto:tests@example.org)"
     assert "fetched 10, written 10, skipped 0, failed 0; 4 requests" in err
     assert json.loads((tmp_path / "arxiv.jsonl.state.json").read_text())["done"] is True
 
@@ -692,3 +692,31 @@ def test_help_has_examples(source, capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert "examples:" in out and f"papertasks scrape {source} " in out and "--delay" in out
+
+
+# ---------------------------------------------------------------- scraped JSONL feeds `prepare` directly
+
+
+def test_scraped_jsonl_goes_straight_into_prepare(shared, server, capsys, tmp_path):
+    """Two real arXiv responses scraped through the CLI, then `papertasks prepare` on the outputs as they are."""
+    new_url = serve_atom(server, atom_pages(shared(NEW_ATOM).read_text(encoding="utf-8"), 10))
+    outputs = [tmp_path / "new.jsonl", tmp_path / "legacy.jsonl"]
+    assert scrape(capsys, "arxiv", "--query", "all:nicotine", "--page-size", "10", "--max", "10",
+                  "--base-url", new_url, "-o", str(outputs[0]), *FAST)[0] == 0
+    server.add("/legacy", Reply(shared(LEGACY_ATOM).read_bytes(), content_type=ATOM))
+    assert scrape(capsys, "arxiv", "--categories", "cs.RO", "--page-size", "2", "--max", "2",
+                  "--base-url", f"{server.url}/legacy", "-o", str(outputs[1]), *FAST)[0] == 0
+    scraped = [r for out in outputs for r in read_jsonl(out)]
+    assert len(scraped) == 12
+
+    data = tmp_path / "data"
+    assert main(["prepare", *map(str, outputs), "--out", str(data), "--labels-json", str(tmp_path / "labels.json"),
+                 "--valid-frac", "0.2", "--test-frac", "0.2"]) == 0
+    prepared = [json.loads(line) for name in ("train", "valid", "test") for line in open(data / f"{name}.jsonl")]
+    assert sorted(r["id"] for r in prepared) == sorted(r["id"] for r in scraped)
+    by_id = {r["id"]: r for r in scraped}
+    for row in prepared:
+        assert row["text"].startswith(by_id[row["id"]]["title"][:40])
+        assert set(row["labels"]) <= set(by_id[row["id"]]["labels"])
+    vocab = json.loads((tmp_path / "labels.json").read_text())
+    assert "cs.RO" in vocab and "cond-mat.mes-hall" in vocab
