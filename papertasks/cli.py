@@ -71,6 +71,13 @@ def _predict(args):
                  text_field=args.text_field, top_k=args.top_k, workers=args.workers)
 
 
+def _predict_dask(args):
+    from papertasks.distributed import predict_with_dask
+
+    predict_with_dask(args.inputs, args.output, args.model, scheduler=args.scheduler, blocksize=args.blocksize,
+                      top_k=args.top_k, batch_size=args.batch_size, local_workers=args.local_workers)
+
+
 def _app(args):
     from deployment.app import launch
 
@@ -185,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="keep only the K best scores per line")
     p.add_argument("--workers", type=int, default=1, help="processes scoring chunks in parallel (order kept)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("predict-dask", help="batch prediction on a Dask cluster (many machines), same predictor",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", help="a JSONL file or a glob of them")
+    p.add_argument("-o", "--output", required=True, help="new folder for part-NNNNN.jsonl files")
+    p.add_argument("--model", default=DEFAULT_BUNDLE, help="bundle path, the same on every worker")
+    p.add_argument("--scheduler", default=None, help="tcp://HOST:8786 (default: a local cluster on this machine)")
+    p.add_argument("--local-workers", type=int, default=None, help="processes of the local cluster (default: cores)")
+    p.add_argument("--blocksize", default="16MiB", help="input bytes per partition")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top-k", type=int, default=None)
+    p.set_defaults(func=_predict_dask)
 
     p = sub.add_parser("app", help="the Gradio app (same as `python deployment/app.py`)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -107,3 +107,20 @@ def test_workers_give_the_same_output(tiny_bundle, tiny_data, tmp_path, monkeypa
     batch.predict_file(str(src), str(tmp_path / "one.jsonl"), str(tiny_bundle))
     batch.predict_file(str(src), str(tmp_path / "two.jsonl"), str(tiny_bundle), workers=2)
     assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+
+
+def test_dask_local_cluster_runs_the_same_predictor(tiny_bundle, tiny_data, tmp_path):
+    src = _papers(tiny_data, tmp_path, n=60)
+    result = run_cli("predict-dask", src, "-o", tmp_path / "parts", "--model", tiny_bundle, "--blocksize", "20KiB",
+                     "--local-workers", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    parts = sorted((tmp_path / "parts").glob("part-*.jsonl"))
+    assert len(parts) > 1  # the input was really split
+    lines = [json.loads(line) for part in parts for line in part.read_text().splitlines()]
+    expected = [json.loads(line) for line in src.read_text().splitlines()]
+    assert [line["id"] for line in lines] == [e["id"] for e in expected]
+    direct = Predictor(tiny_bundle).predict([e["text"] for e in expected])
+    for got, want in zip(lines, direct):  # int8 scales depend on batch-mates: close, not bit-equal
+        assert max(abs(got["scores"][k] - want["scores"][k]) for k in want["scores"]) < 0.02
+    assert_clean_error(run_cli("predict-dask", src, "-o", tmp_path / "parts", "--model", tiny_bundle),
+                       "predict-dask", "not empty")
