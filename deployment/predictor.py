@@ -101,6 +101,16 @@ class Predictor:
         per_label = self.thresholds_info.get("per_label", {})
         self.thresholds = np.array([per_label.get(lab, self.global_threshold) for lab in self.labels], dtype=np.float32)
 
+        # Checksums last, so a structural problem (labels vs outputs) keeps its own, more specific message.
+        try:  # imported as part of the papertasks package, or as a sibling module in the Space
+            from .manifest import ManifestError, verify_bundle
+        except ImportError:
+            from manifest import ManifestError, verify_bundle
+        try:
+            self.integrity = verify_bundle(self.model_dir)
+        except ManifestError as e:
+            raise BundleError(str(e)) from None
+
     def _logits(self, texts: list[str]) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(texts)
         feed = {

@@ -7,7 +7,8 @@
    of texts whose predicted label set is identical; out of tolerance -> the export fails and the
    old bundle is left as it was;
 4. the bundle (model.onnx int8, tokenizer.json, labels.json, thresholds.json, config.json,
-   export_report.json, MODEL_CARD.md) is built in a temp folder and renamed into place.
+   export_report.json, MODEL_CARD.md, manifest.json with the sha256 of every file) is built in a
+   temp folder and renamed into place.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deployment.manifest import write_manifest
 from deployment.predictor import Predictor, load_labels
 from export.model_card import write_model_card
 from papertasks.errors import UserError
@@ -168,6 +170,7 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
         check_parity(parity)
         write_json(staging / "export_report.json", report)
         write_model_card(staging)
+        write_manifest(staging)  # last: checksums of every file above, checked by Predictor at start
         _replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,212 @@
+"""Load test of the REST API: N concurrent clients POSTing real abstracts to /predict.
+
+Bounded and loopback only: it starts `papertasks serve` itself on a free 127.0.0.1 port (or takes
+--url, which must be a loopback address), sends a fixed number of requests per concurrency level
+(or runs for --seconds), stops by itself, prints a table (throughput, p50/p95/p99/max latency,
+errors) and writes the numbers as JSON. Exit status 1 if any request failed.
+
+    python bench/load_api.py --model deployment/model --concurrency 1 4 16 --requests 400
+    python bench/load_api.py --url http://127.0.0.1:8000 --concurrency 16 --seconds 20
+
+Each client is a thread with one keep-alive HTTP connection (standard library only); a request is
+an error if it raises, times out (--timeout) or does not answer 200 with labels and scores.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import ipaddress
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_texts(path: Path | None) -> list[str]:
+    """Abstracts to send: the app's examples, or the `text` / title + abstract of a JSONL file."""
+    if path is None:
+        return [ex["text"] for ex in json.loads((REPO / "deployment" / "examples.json").read_text())]
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                texts.append(row.get("text") or f"{row.get('title', '')}. {row.get('abstract', '')}")
+            if len(texts) >= 2000:
+                break
+    return texts
+
+
+def check_loopback(url: str) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme != "http" or not loopback:
+        raise SystemExit(f"load_api: error: {url}: only http:// on a loopback address (127.0.0.1, ::1, localhost)")
+    return host, parts.port or 80
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "papertasks.cli", "serve", "--model", model, "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"load_api: error: the server exited:\n{log_path.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            return proc, url
+        except OSError:
+            if time.time() > deadline:
+                proc.kill()
+                raise SystemExit("load_api: error: the server did not start within 120 s")
+            time.sleep(0.3)
+
+
+def run_level(host: str, port: int, texts: list[str], concurrency: int, requests: int | None,
+              seconds: float | None, timeout: float) -> dict:
+    """`concurrency` threads share a budget of `requests` (or a deadline); returns the numbers."""
+    lock = threading.Lock()
+    budget = {"left": requests if requests is not None else float("inf")}
+    latencies: list[float] = []
+    errors: list[str] = []
+    deadline = time.perf_counter() + seconds if seconds else None
+    start_gate = threading.Barrier(concurrency + 1)
+
+    def client(index: int):
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        n = index
+        start_gate.wait()
+        while True:
+            with lock:
+                if budget["left"] <= 0 or (deadline and time.perf_counter() >= deadline):
+                    break
+                budget["left"] -= 1
+            body = json.dumps({"text": texts[n % len(texts)]})
+            n += concurrency
+            t0 = time.perf_counter()
+            try:
+                connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                payload = response.read()
+                elapsed = time.perf_counter() - t0
+                ok = response.status == 200 and "scores" in json.loads(payload)
+                problem = None if ok else f"HTTP {response.status}: {payload[:200]!r}"
+            except Exception as e:  # a timeout, a reset connection, ...
+                elapsed = time.perf_counter() - t0
+                problem = f"{type(e).__name__}: {e}"
+                connection.close()
+                connection = http.client.HTTPConnection(host, port, timeout=timeout)
+            with lock:
+                if problem:
+                    errors.append(problem)
+                else:
+                    latencies.append(elapsed)
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    start_gate.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return {"concurrency": concurrency, "requests": len(latencies) + len(errors), "ok": len(latencies),
+            "errors": len(errors), "error_examples": sorted(set(errors))[:5], "seconds": round(wall, 2),
+            "throughput_rps": round(len(latencies) / wall, 1) if wall else 0.0,
+            "latency_ms": {q: round(float(np.percentile(ms, p)), 1)
+                           for q, p in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))}}
+
+
+def print_table(runs: list[dict]) -> None:
+    print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+          f"{'max ms':>8}")
+    for r in runs:
+        lat = r["latency_ms"]
+        print(f"{r['concurrency']:>7} {r['requests']:>8} {r['errors']:>6} {r['throughput_rps']:>7.1f} "
+              f"{lat['p50']:>8.1f} {lat['p95']:>8.1f} {lat['p99']:>8.1f} {lat['max']:>8.1f}")
+        for example in r["error_examples"]:
+            print(f"        error: {example}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", help="a running server (loopback only); default: start one")
+    where.add_argument("--model", default=str(REPO / "deployment" / "model"), help="bundle for the server it starts")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="clients, one run per value")
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
+    amount.add_argument("--seconds", type=float, default=None, help="run each level this long instead")
+    parser.add_argument("--warmup", type=int, default=8, help="unmeasured requests first")
+    parser.add_argument("--texts", type=Path, default=None, help="JSONL of papers (default: deployment/examples.json)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a request counts as an error")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "load_api.json", help="JSON report")
+    args = parser.parse_args(argv)
+    if any(c < 1 for c in args.concurrency) or (args.seconds is None and args.requests < 1):
+        parser.error("--concurrency and --requests must be at least 1")
+
+    texts = load_texts(args.texts)
+    server = None
+    if args.url:
+        url = args.url.rstrip("/")
+        host, port = check_loopback(url)
+    else:
+        log_path = args.out.with_suffix(".server.log")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        server, url = start_server(args.model, log_path)
+        host, port = check_loopback(url)
+    try:
+        health = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())
+        if args.warmup:
+            run_level(host, port, texts, 1, args.warmup, None, args.timeout)
+        runs = []
+        for concurrency in args.concurrency:
+            runs.append(run_level(host, port, texts, concurrency, None if args.seconds else args.requests,
+                                  args.seconds, args.timeout))
+    finally:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    print_table(runs)
+    report = {"url": url, "model": health.get("model"), "texts": len(texts), "endpoint": "POST /predict",
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": runs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 1 if any(r["errors"] for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

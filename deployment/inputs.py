@@ -1,0 +1,262 @@
+"""Input checks shared by the REST API, the job workers and the Gradio app.
+
+One place decides what a usable text is, how an uploaded CSV/JSONL file is read and how results are
+written back as CSV, so the three front ends refuse the same inputs with the same messages.
+Standard library only (no torch, no pandas): the Space folder runs it as it is.
+
+Limits (documented in the README):
+- a text (or title + abstract) must have at least one non-space character and at most
+  MAX_TEXT_CHARS characters; an abstract has far fewer;
+- an uploaded file must be UTF-8 CSV/TSV or JSON Lines (or a JSON array of objects), at most
+  MAX_FILE_BYTES bytes and MAX_FILE_ROWS rows; each row needs a `text` field, or `title` and/or
+  `abstract`; an `id` / `arxiv_id` / `paper_id` field is kept, else the row number (from 0);
+- within a file, a row with an empty or too long text gets an `error` and no labels, the others
+  are still scored (as `papertasks predict` does);
+- the model was trained on English abstracts: text that is mostly in another script, or Latin-script
+  text with almost no English function words, is still scored but gets a warning.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+try:  # imported as part of the papertasks package, or as a sibling module in the Space
+    from .predictor import compose_text, normalize_whitespace
+except ImportError:
+    from predictor import compose_text, normalize_whitespace
+
+MAX_TEXT_CHARS = 20_000
+MAX_FILE_BYTES = 10 * 2**20
+MAX_FILE_ROWS = 50_000
+ID_FIELDS = ("id", "arxiv_id", "paper_id")  # as papertasks.data.ID_FIELDS
+FILE_TYPES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+CSV_COLUMNS = ("id", "labels", "top_label", "top_score", "scores", "warnings", "error")
+
+# Frequent English function words: real abstracts have 25-45% of their words in this set.
+_ENGLISH = frozenset("""a about after all also an and any are as at be been between both but by can could do
+does each for from had has have how however if in into is it its may more most new no not of on one only or
+other our over same several show shows such than that the their them then there these they this those through
+to two under up use used using very was we well were what when where which while who with within without would
+""".split())
+_WORD = re.compile(r"[a-z]+")
+
+
+class InputError(ValueError):
+    """Bad input from a user: `str(e)` is one line saying what is wrong and how to fix it;
+    `status` is the HTTP status the API answers with (422 unusable, 413 too large, 415 wrong type)."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+def text_from(text: str | None = None, title: str | None = None, abstract: str | None = None,
+              where: str | None = None) -> str:
+    """The model input from `text` or from `title` + `abstract`, whitespace-normalized and checked;
+    `where` (e.g. 'items[3]') starts the error message."""
+    at = f"{where}: " if where else ""
+    if text is not None and (title is not None or abstract is not None):
+        raise InputError(f"{at}give either 'text' or 'title' + 'abstract', not both")
+    joined = normalize_whitespace(text) if text is not None else compose_text(title, abstract)
+    if not joined:
+        field = "'text'" if text is not None else ("'title' / 'abstract'" if title is not None or abstract is not None
+                                                   else "'text' (or 'title' + 'abstract')")
+        raise InputError(f"{at}{field} is empty; send a paper's title and abstract")
+    if len(joined) > MAX_TEXT_CHARS:
+        raise InputError(f"{at}{len(joined):,} characters; the limit is {MAX_TEXT_CHARS:,} "
+                         "(a title and abstract is far shorter)")
+    return joined
+
+
+def language_warnings(text: str) -> list[str]:
+    """Warnings for text the English-only model cannot judge well (the text is still scored)."""
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return ["the text has no letters; the scores are meaningless"]
+    latin = sum(c < "\u0250" for c in letters)  # ASCII, Latin-1 and Latin Extended-A/B
+    if latin < 0.5 * len(letters):
+        scripts = Counter(unicodedata.name(c, "UNKNOWN").split()[0] for c in letters if c >= "\u0250")
+        script = scripts.most_common(1)[0][0]
+        script = "CJK (Chinese, Japanese or Korean)" if script == "CJK" else script.title()
+        return [f"the text is mostly in {script} script, not English; the model was trained on English "
+                "abstracts, so these scores are unreliable"]
+    words = _WORD.findall(text.lower())
+    if len(words) >= 12 and sum(w in _ENGLISH for w in words) < 0.08 * len(words):
+        return ["the text does not look like English; the model was trained on English abstracts, "
+                "so these scores are unreliable"]
+    return []
+
+
+def _decode(data: bytes, name: str) -> str:
+    if not data.strip():
+        raise InputError(f"{name}: the file is empty")
+    if b"\x00" in data[:65536]:
+        raise InputError(f"{name}: this is a binary file, not CSV or JSON Lines text", status=415)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise InputError(f"{name}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+                         "save the file as UTF-8") from None
+
+
+def file_kind(name: str) -> str:
+    lower = name.lower()
+    for ext in FILE_TYPES:
+        if lower.endswith(ext):
+            return {".ndjson": ".jsonl"}.get(ext, ext)
+    shown = name.rsplit("/", 1)[-1] or "the file"
+    raise InputError(f"{shown}: unknown file type; upload a .csv or .jsonl file "
+                     "(rows with 'text', or 'title' and 'abstract')", status=415)
+
+
+def _shown(fields: Sequence[str]) -> str:
+    """Field names for a one-line message: whitespace folded, long names and long lists cut."""
+    names = [normalize_whitespace(str(f))[:40] or "''" for f in fields[:20]]
+    return ", ".join(names) + (f", ... ({len(fields)} in all)" if len(fields) > 20 else "") if names else "none"
+
+
+def _text_columns(fields: Sequence[str], text_field: str | None, where: str) -> None:
+    if text_field:
+        if text_field not in fields:
+            raise InputError(f"{where}: no '{text_field}' field (fields: {_shown(fields)})")
+    elif "text" not in fields and "title" not in fields and "abstract" not in fields:
+        raise InputError(f"{where}: needs a 'text' column or 'title' and 'abstract' columns "
+                         f"(found: {_shown(fields)})")
+
+
+def _json_records(text: str, name: str):
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array of objects
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{name}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise InputError(f"{name}: item {i} is not a JSON object")
+            yield f"{name} item {i}", row
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{name}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{name}:{lineno}: expected a JSON object per line")
+        yield f"{name}:{lineno}", row
+
+
+def _csv_records(text: str, name: str, delimiter: str):
+    # a cell may hold a whole (too long) text: let it through, so the row gets its own clear error
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FILE_BYTES))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        fields = [f.strip() for f in (reader.fieldnames or [])]
+        reader.fieldnames = fields
+        yield None, fields
+        for row in reader:
+            if None in row:  # more cells than header columns
+                raise InputError(f"{name}:{reader.line_num}: more cells than the {len(fields)} header columns")
+            yield f"{name}:{reader.line_num}", row
+    except csv.Error as e:
+        raise InputError(f"{name}:{reader.line_num + 1}: not valid CSV ({e})") from None
+
+
+def _records(text: str, name: str, kind: str):
+    if kind in (".csv", ".tsv"):
+        return _csv_records(text, name, "\t" if kind == ".tsv" else ",")
+    return _json_records(text, name)
+
+
+def check_file_header(data: bytes, name: str, text_field: str | None = None,
+                      max_bytes: int = MAX_FILE_BYTES) -> None:
+    """Quick checks the API does before queueing: size, type, UTF-8, and the first record's fields.
+    The worker reads the whole file later (read_batch_file) and reports what is wrong further down."""
+    if len(data) > max_bytes:
+        raise InputError(f"{name}: {len(data):,} bytes; the limit is {max_bytes:,}", status=413)
+    kind = file_kind(name)
+    text = _decode(data, name)
+    records = _records(text, name, kind)
+    try:
+        first = next(records)
+        if kind in (".csv", ".tsv"):
+            _text_columns(first[1], text_field, name)
+            first = next(records)
+        where, row = first
+        _text_columns(list(row), text_field, where)
+    except StopIteration:
+        raise InputError(f"{name}: no rows") from None
+
+
+def read_batch_file(data: bytes, name: str, text_field: str | None = None, max_rows: int = MAX_FILE_ROWS,
+                    max_bytes: int = MAX_FILE_BYTES) -> list[dict]:
+    """Rows of an uploaded file as [{'id', 'text'} | {'id', 'text': '', 'error'}]; InputError for a
+    file that cannot be used as a whole (type, encoding, syntax, missing columns, size)."""
+    if len(data) > max_bytes:
+        raise InputError(f"{name}: {len(data):,} bytes; the limit is {max_bytes:,}", status=413)
+    kind = file_kind(name)
+    text = _decode(data, name)
+    rows = []
+    for where, row in _records(text, name, kind):
+        if where is None:  # the CSV header
+            _text_columns(row, text_field, name)
+            continue
+        if len(rows) == max_rows:
+            raise InputError(f"{name}: more than {max_rows:,} rows; split the file", status=413)
+        index = len(rows)
+        record = {"id": next((row[k] for k in ID_FIELDS if row.get(k) not in (None, "")), index)}
+        _text_columns(list(row), text_field, where)  # a row without the text fields: the file is wrong
+        try:
+            if text_field or "text" in row:
+                record["text"] = text_from(str(row[text_field or "text"] or ""), where=where)
+            else:
+                record["text"] = text_from(title=str(row.get("title") or ""),
+                                           abstract=str(row.get("abstract") or ""), where=where)
+        except InputError as e:  # an empty or too long text: this row gets an error, the rest is scored
+            record.update(text="", error=str(e).removeprefix(f"{where}: "))
+        rows.append(record)
+    if not rows:
+        raise InputError(f"{name}: no rows")
+    return rows
+
+
+def predict_rows(predictor, rows: list[dict], threshold: float | None = None, top_k: int | None = None,
+                 chunk_rows: int = 64, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Score read_batch_file rows in chunks (calling progress(done, total) after each); each result
+    is {'id', 'labels', 'scores', 'warnings'} or {'id', 'labels': [], 'scores': {}, 'error'}."""
+    results = []
+    total = len(rows)
+    for start in range(0, total, chunk_rows):
+        chunk = rows[start:start + chunk_rows]
+        good = [r for r in chunk if not r.get("error")]
+        predictions = iter(predictor.predict([r["text"] for r in good], threshold=threshold, top_k=top_k))
+        for row in chunk:
+            if row.get("error"):
+                results.append({"id": row["id"], "labels": [], "scores": {}, "error": row["error"]})
+            else:
+                results.append({"id": row["id"], **next(predictions), "warnings": language_warnings(row["text"])})
+        if progress:
+            progress(min(start + chunk_rows, total), total)
+    return results
+
+
+def results_to_csv(results: list[dict]) -> str:
+    """One CSV row per result: id, labels (';'-joined), top_label, top_score, scores (JSON),
+    warnings ('; '-joined), error."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in results:
+        scores = r.get("scores") or {}
+        top = max(scores, key=scores.get) if scores else ""
+        writer.writerow([r["id"], ";".join(r.get("labels", [])), top, scores.get(top, ""),
+                         json.dumps(scores) if scores else "", "; ".join(r.get("warnings", [])), r.get("error", "")])
+    return out.getvalue()

@@ -1,0 +1,281 @@
+"""The REST API as a user meets it: `papertasks serve` in its own process on 127.0.0.1, no Redis
+(the sync endpoints must not need it), every endpoint, every bad input, bundle integrity, and a
+short run of the load test."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from apputil import free_port
+from conftest import REPO, assert_clean_error, run_cli
+from deployment.manifest import read_manifest
+from deployment.predictor import BundleError, Predictor, compose_text
+from serverutil import api_server
+
+EXAMPLES = [ex["text"] for ex in json.loads((REPO / "deployment" / "examples.json").read_text())]
+CHINESE = "基于深度学习的卫星图像目标检测。我们提出了一种基于卷积神经网络的新方法，并在三个公开数据集上评估了其性能。"
+FRENCH = ("Apprentissage profond pour la détection d'objets dans les images satellitaires. Nous proposons une "
+          "nouvelle méthode fondée sur les réseaux de neurones convolutifs et évaluons ses performances.")
+
+
+@pytest.fixture(scope="module")
+def api(tiny_bundle, tmp_path_factory):
+    with api_server(tiny_bundle, tmp_path_factory.mktemp("api")) as (url, proc):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            yield client
+        assert "Traceback" not in proc.output(), proc.output()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_bundle):
+    return Predictor(tiny_bundle)
+
+
+def test_predict_serves_what_the_predictor_computes(api, predictor):
+    r = api.post("/predict", json={"text": EXAMPLES[0]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = predictor.predict([EXAMPLES[0]])[0]
+    assert body["scores"] == expected["scores"] and body["labels"] == expected["labels"]
+    assert body["warnings"] == []
+    assert list(body["scores"]) == predictor.labels or len(body["scores"]) == len(predictor.labels)
+
+    title, abstract = "Vision transformers for object detection", "We detect objects in  images.\n"
+    r = api.post("/predict", json={"title": title, "abstract": abstract})
+    assert r.status_code == 200, r.text
+    assert r.json()["scores"] == predictor.predict([compose_text(title, abstract)])[0]["scores"]
+    r = api.post("/predict", json={"abstract": abstract})  # either part alone is a text too
+    assert r.status_code == 200 and r.json()["scores"] == predictor.predict([abstract])[0]["scores"]
+
+
+def test_threshold_and_top_k(api, predictor):
+    r = api.post("/predict", json={"text": EXAMPLES[1], "threshold": 0.0, "top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["scores"]) == 3
+    probs = predictor.predict_proba([EXAMPLES[1]])[0]
+    assert body["labels"] == [predictor.labels[i] for i in (-probs).argsort()]  # all pass a threshold of 0
+    body = api.post("/predict", json={"text": EXAMPLES[1], "threshold": 1.0}).json()
+    assert body["labels"] == [] and len(body["scores"]) == len(predictor.labels)
+    body = api.post("/predict", json={"text": EXAMPLES[1], "top_k": 1000}).json()  # capped at the label count
+    assert len(body["scores"]) == len(predictor.labels)
+
+
+def test_batch_keeps_ids_and_order(api, predictor):
+    items = [EXAMPLES[0], {"id": "p2", "text": EXAMPLES[1]}, {"title": "Speech recognition", "abstract": EXAMPLES[2]},
+             {"id": 7, "text": EXAMPLES[3]}]
+    r = api.post("/predict/batch", json={"items": items, "top_k": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == 4 and [x["id"] for x in body["results"]] == [0, "p2", 2, 7]
+    texts = [EXAMPLES[0], EXAMPLES[1], compose_text("Speech recognition", EXAMPLES[2]), EXAMPLES[3]]
+    expected = predictor.predict(texts, top_k=2)
+    assert [x["scores"] for x in body["results"]] == [e["scores"] for e in expected]
+    assert [x["labels"] for x in body["results"]] == [e["labels"] for e in expected]
+
+
+def test_health_labels_and_docs(api, predictor, tiny_bundle):
+    health = api.get("/health").json()
+    assert health["status"] == "ok" and health["model"]["labels"] == len(predictor.labels)
+    assert health["model"]["integrity"].startswith("verified")
+    assert health["redis"] == {"configured": False, "url": None} and health["jobs"] == "unavailable"
+    assert health["limits"]["max_batch"] == 256 and health["limits"]["max_text_chars"] == 20_000
+    labels = api.get("/labels").json()
+    assert labels["labels"] == predictor.labels and labels["count"] == len(predictor.labels)
+    assert set(labels["thresholds"]) == set(predictor.labels)
+    docs = api.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {"/predict", "/predict/batch", "/labels", "/health", "/jobs", "/jobs/{job_id}"} <= set(paths)
+
+
+BAD_REQUESTS = [
+    # (what, json body or raw bytes, status, fragment of the one-line detail)
+    ("empty text", {"text": ""}, 422, "'text' is empty"),
+    ("whitespace text", {"text": "  \n\t  "}, 422, "'text' is empty"),
+    ("empty title and abstract", {"title": " ", "abstract": ""}, 422, "is empty"),
+    ("nothing", {}, 422, "is empty"),
+    ("1 MB text", {"text": "word " * 209_716}, 422, "characters; the limit is 20,000"),
+    ("text and title", {"text": "a paper", "title": "a title"}, 422, "not both"),
+    ("a number as text", {"text": 5}, 422, "text: Input should be a valid string"),
+    ("misspelt field", {"abstarct": "x"}, 422, "abstarct: Extra inputs are not permitted"),
+    ("threshold out of range", {"text": "a paper", "threshold": 2}, 422, "threshold"),
+    ("top_k of 0", {"text": "a paper", "top_k": 0}, 422, "top_k"),
+    ("broken JSON", b'{"text": "a paper"', 422, "the body is not valid JSON ("),
+    ("not UTF-8", b'{"text": "caf\xe9"}', 400, "not UTF-8 JSON"),
+    ("binary body", bytes(range(256)) * 4, 422, "the body is not valid JSON"),  # decodes as UTF-32, not JSON
+    ("binary, not UTF-anything", b"\xff\xd8\xff\xe0" + bytes(range(128, 256)), 400, "not UTF-8 JSON"),
+    ("a JSON list", [1, 2], 422, "the body must be a JSON object"),
+    ("a form, not JSON", {"text": "a paper"}, 422, "the body must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("what,body,status,fragment", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_predict_requests_are_a_clear_4xx(api, what, body, status, fragment):
+    if what == "a form, not JSON":
+        r = api.post("/predict", data=body)
+    elif isinstance(body, bytes):
+        r = api.post("/predict", content=body, headers={"Content-Type": "application/json"})
+    else:
+        r = api.post("/predict", json=body)
+    assert r.status_code == status, (r.status_code, r.text[:500])
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and fragment in detail, detail
+    assert len(r.content) < 2000  # the input is never echoed back
+
+
+def test_bad_batches_and_limits(api):
+    r = api.post("/predict/batch", json={"items": ["a paper"] * 257})
+    assert r.status_code == 413 and "257 papers; the limit is 256" in r.json()["detail"]
+    r = api.post("/predict/batch", json={"items": []})
+    assert r.status_code == 422 and "empty" in r.json()["detail"]
+    r = api.post("/predict/batch", json={"items": ["fine", {"text": "   "}]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("items[1]:")
+    r = api.post("/predict/batch", json={"items": ["fine", "x" * 30_000]})
+    assert r.status_code == 422 and "items[1]: 30,000 characters" in r.json()["detail"]
+    big = b'{"text": "' + b"a" * (9 * 2**20) + b'"}'  # past the 8 MB body limit
+    r = api.post("/predict", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "the limit is 8,388,608" in r.json()["detail"]
+    assert api.get("/nowhere").status_code == 404
+    assert api.get("/predict").status_code == 405
+
+
+def test_non_english_is_scored_with_a_warning(api):
+    for text, fragment in ((CHINESE, "CJK"), (FRENCH, "does not look like English"), ("1234 5678 !!", "no letters")):
+        r = api.post("/predict", json={"text": text})
+        assert r.status_code == 200, r.text
+        assert r.json()["scores"] and len(r.json()["warnings"]) == 1 and fragment in r.json()["warnings"][0]
+    r = api.post("/predict/batch", json={"items": [EXAMPLES[0], CHINESE]})
+    assert [bool(x["warnings"]) for x in r.json()["results"]] == [False, True]
+
+
+def test_jobs_without_redis_answer_503_and_the_rest_keeps_serving(api):
+    files = {"file": ("papers.csv", b"text\nGraph neural networks for molecules.\n", "text/csv")}
+    r = api.post("/jobs", files=files)
+    assert r.status_code == 503 and "started without --redis-url" in r.json()["detail"]
+    r = api.get("/jobs/0123456789abcdef")
+    assert r.status_code == 503
+    assert api.post("/predict", json={"text": EXAMPLES[0]}).status_code == 200
+    assert api.get("/health").json()["status"] == "ok"
+
+
+def test_bundle_manifest_covers_every_file_and_refuses_changes(tiny_bundle, tmp_path):
+    manifest = read_manifest(tiny_bundle)
+    on_disk = {p.name for p in tiny_bundle.iterdir() if p.name != "manifest.json"}
+    assert set(manifest["files"]) == on_disk >= {"model.onnx", "tokenizer.json", "labels.json", "config.json",
+                                                  "thresholds.json"}
+    assert Predictor(tiny_bundle).integrity == f"verified: {len(on_disk)} files"
+
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_bundle, changed)
+    original = (changed / "thresholds.json").read_text()
+    edited = json.dumps({**json.loads(original), "global": 0.01})
+    assert len(edited) <= len(original)
+    (changed / "thresholds.json").write_text(edited.ljust(len(original)))  # same size, other content
+    with pytest.raises(BundleError, match=r"thresholds.json has a different sha256"):
+        Predictor(changed)
+    assert_clean_error(run_cli("serve", "--model", changed, "--port", str(free_port())), "serve",
+                       "files do not match manifest.json", "thresholds.json has a different sha256")
+    assert_clean_error(run_cli("worker", "--model", changed, "--redis-url", "redis://127.0.0.1:1/0"), "worker",
+                       "thresholds.json has a different sha256")
+
+    truncated = tmp_path / "truncated"  # a partial copy: a file missing, another cut short
+    shutil.copytree(tiny_bundle, truncated)
+    (truncated / "MODEL_CARD.md").unlink()
+    with open(truncated / "export_report.json", "r+b") as f:
+        f.truncate(10)
+    error = assert_clean_error(run_cli("serve", "--model", truncated), "serve", "MODEL_CARD.md is missing",
+                               "export_report.json has 10 bytes")
+    assert "copy it again" in error
+
+    unlisted = tmp_path / "unlisted"  # a served file that the manifest does not know
+    shutil.copytree(tiny_bundle, unlisted)
+    data = json.loads((unlisted / "manifest.json").read_text())
+    del data["files"]["thresholds.json"]
+    (unlisted / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="thresholds.json is not listed"):
+        Predictor(unlisted)
+
+    labels = tmp_path / "labels"  # labels that do not fit the model: its own message, still one line
+    shutil.copytree(tiny_bundle, labels)
+    vocab = json.loads((labels / "labels.json").read_text())
+    (labels / "labels.json").write_text(json.dumps({**vocab, "extra.label": len(vocab)}))
+    assert_clean_error(run_cli("serve", "--model", labels), "serve", f"{len(vocab) + 1} labels but the model has")
+
+    legacy = tmp_path / "legacy"  # written before manifests existed: accepted, reported as unchecked
+    shutil.copytree(tiny_bundle, legacy)
+    (legacy / "manifest.json").unlink()
+    assert Predictor(legacy).integrity == "unchecked: no manifest.json"
+    assert_clean_error(run_cli("serve", "--model", tmp_path / "nowhere"), "serve", "no such model folder")
+
+
+def test_evaluate_refreshes_the_manifest(tiny_bundle, tiny_data, tmp_path):
+    from papertasks.evaluate import evaluate_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    evaluate_bundle(str(bundle), str(tiny_data), str(tmp_path / "report"), min_positives=3)
+    assert "metrics.json" in read_manifest(bundle)["files"]
+    assert Predictor(bundle).integrity.startswith("verified")  # thresholds.json changed, the manifest with it
+
+
+def test_cli_serve_and_worker_setting_errors_are_one_line():
+    assert_clean_error(run_cli("worker", "--redis-url", ""), "worker", "pass --redis-url")
+    assert_clean_error(run_cli("serve", "--result-ttl", "0"), "serve", "--result-ttl must be positive")
+
+
+def test_worker_without_redis_is_a_clean_error(tiny_bundle):
+    result = run_cli("worker", "--model", tiny_bundle, "--redis-url", f"redis://127.0.0.1:{free_port()}/0")
+    assert_clean_error(result, "worker", "cannot reach Redis at redis://127.0.0.1:")
+
+
+def test_load_test_script_runs_against_the_server(api, tmp_path):
+    """bench/load_api.py, shortened: 16 concurrent clients, no errors, a table and a JSON report."""
+    out = tmp_path / "load.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "load_api.py"), "--url", str(api.base_url),
+                             "--concurrency", "16", "--requests", "96", "--out", str(out)],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "p95" in result.stdout and "req/s" in result.stdout
+    report = json.loads(out.read_text())
+    run = report["runs"][0]
+    assert run["concurrency"] == 16 and run["requests"] == 96 and run["errors"] == 0
+    assert 0 < run["latency_ms"]["p50"] <= run["latency_ms"]["p95"] <= run["latency_ms"]["p99"]
+
+
+def test_cli_predict_refuses_undecodable_files_in_one_line(tiny_bundle, tmp_path):
+    latin1 = tmp_path / "papers.csv"
+    latin1.write_bytes("text\ncafé naïve\n".encode("latin-1"))
+    binary = tmp_path / "papers.jsonl"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    for path in (latin1, binary):
+        assert_clean_error(run_cli("predict", path, "-o", tmp_path / "out.jsonl", "--model", tiny_bundle), "predict",
+                           f"{path.name}: not UTF-8 text")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_batch_file_reader_edge_cases():
+    from deployment.inputs import InputError, read_batch_file
+
+    assert read_batch_file("\ufeffid,text\n7,Graph networks\n".encode(), "a.csv") == [{"id": "7", "text": "Graph networks"}]
+    assert read_batch_file(b"title\tabstract\nT\tA b\n", "a.tsv") == [{"id": 0, "text": "T. A b"}]
+    assert read_batch_file(b'[{"paper_id": "x", "text": "A"}, {"text": "B"}]', "a.json") == [
+        {"id": "x", "text": "A"}, {"id": 1, "text": "B"}]
+    assert read_batch_file(b'{"arxiv_id": "2401.1", "title": "T", "abstract": null}\n\n', "a.ndjson") == [
+        {"id": "2401.1", "text": "T"}]
+    cases = [(b"text\nfine\nextra,cells,here\n", "a.csv", "a.csv:3: more cells than the 1 header columns", 422),
+             (b'"text\nunclosed', "a.csv", "a.csv:1: not valid CSV (unexpected end of data)", 422),
+             (b'text\n"a"b\n', "a.csv", "a.csv:2: not valid CSV", 422),
+             (b"text\n" + b"a\n" * 11, "a.csv", "more than 10 rows", 413),
+             (b'{"text": "a"}\n[1]\n', "a.jsonl", "a.jsonl:2: expected a JSON object per line", 422),
+             (b'{"text": "a"}\n{"body": "b"}\n', "a.jsonl", "a.jsonl:2: needs a 'text' column", 422)]
+    for data, name, fragment, status in cases:
+        with pytest.raises(InputError, match=re.escape(fragment)) as error:
+            read_batch_file(data, name, max_rows=10)
+        assert error.value.status == status, (name, str(error.value))

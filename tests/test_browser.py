@@ -1,0 +1,115 @@
+"""The Gradio app in a real browser: Debian's headless Chromium driven by Playwright (no browser
+download). Types an abstract, reads the labels, uploads a CSV, reads the table, downloads the CSV of
+predictions, checks a bad upload's message, and saves a screenshot."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from apputil import free_port, running_app
+from conftest import REPO
+from deployment.inputs import CSV_COLUMNS
+from deployment.predictor import Predictor, compose_text
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="/usr/bin/chromium is absent (apt-get install chromium; .ci/run does)")
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_bundle):
+    port = free_port()
+    command = [sys.executable, str(REPO / "deployment" / "app.py"), "--model", str(tiny_bundle),
+               "--host", "127.0.0.1", "--port", str(port)]
+    with running_app(command, port) as url:
+        yield url
+
+
+@pytest.fixture()
+def page(app_url):
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(app_url)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_browser_classifies_an_abstract_and_a_csv(page, tiny_bundle, tmp_path):
+    predictor = Predictor(tiny_bundle)
+    abstract = json.loads((REPO / "deployment" / "examples.json").read_text())[0]["text"]
+
+    page.get_by_label("Title and abstract").fill(abstract)
+    page.get_by_role("button", name="Classify", exact=True).click()
+    answer = page.get_by_text("Predicted:")
+    answer.wait_for()
+    shown = answer.inner_text().removeprefix("Predicted:").strip()
+    expected = predictor.predict([abstract])[0]["labels"]
+    assert shown == (", ".join(expected) or "none above the threshold"), shown
+    top = max(predictor.predict([abstract])[0]["scores"].items(), key=lambda kv: kv[1])[0]
+    assert page.get_by_text(top, exact=True).first.is_visible()
+    page.screenshot(path=str(tmp_path / "app-one-paper.png"), full_page=True)
+
+    papers = [("p1", "Vision transformers for detection", "We detect objects in images with attention."),
+              ("p2", "Parsing with large language models", "We parse sentences with an LLM."),
+              ("p3", "", "")]
+    upload = tmp_path / "papers.csv"
+    with open(upload, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("id", "title", "abstract"), *papers])
+    page.get_by_role("tab", name="A file of papers").click()
+    page.locator("#file-upload input[type=file]").set_input_files(str(upload))
+    page.get_by_role("button", name="Classify file").click()
+    page.locator("#file-summary").get_by_text("Scored").wait_for()
+    assert "Scored 2 papers; 1 row had no usable text" in page.locator("#file-summary").inner_text()
+    rows = [[c.strip() for c in r.locator("[role=gridcell]").all_inner_texts()]
+            for r in page.locator("#file-table [role=row]").all()]
+    rows = [r for r in rows if r]  # the header row has column headers, not cells
+    assert [r[0] for r in rows] == ["p1", "p2", "p3"], rows
+    direct = predictor.predict([compose_text(t, a) for _, t, a in papers[:2]])
+    assert [r[1] for r in rows[:2]] == [", ".join(d["labels"]) for d in direct]
+    assert "is empty" in rows[2][3]
+
+    link = page.locator("#file-download a[download]")
+    with page.expect_download() as download:
+        link.first.click()
+    saved = tmp_path / "predictions.csv"
+    download.value.save_as(saved)
+    table = list(csv.DictReader(io.StringIO(saved.read_text(encoding="utf-8"))))
+    assert tuple(table[0]) == CSV_COLUMNS and [r["id"] for r in table] == ["p1", "p2", "p3"]
+    assert [r["labels"] for r in table[:2]] == [";".join(d["labels"]) for d in direct]
+    shot = tmp_path / "app-batch.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"screenshots: {tmp_path / 'app-one-paper.png'} {shot}")
+    if os.environ.get("PAPERTASKS_SCREENSHOT"):  # keep a copy where a person can look at it
+        Path(os.environ["PAPERTASKS_SCREENSHOT"]).write_bytes(shot.read_bytes())
+
+
+def test_browser_shows_a_clear_message_for_a_bad_upload(page, tmp_path):
+    bad = tmp_path / "papers.csv"
+    bad.write_text("name,year\nResNet,2015\n", encoding="utf-8")
+    page.get_by_role("tab", name="A file of papers").click()
+    page.locator("#file-upload input[type=file]").set_input_files(str(bad))
+    page.get_by_role("button", name="Classify file").click()
+    message = page.get_by_text("needs a 'text' column or 'title' and 'abstract' columns (found: name, year)")
+    message.first.wait_for()
+    assert "Traceback" not in page.content()
+    # the app keeps serving: the first tab still answers
+    page.get_by_role("tab", name="One paper").click()
+    page.get_by_label("Title and abstract").fill("Graph neural networks for molecules.")
+    page.get_by_role("button", name="Classify", exact=True).click()
+    page.get_by_text("Predicted:").wait_for()
