@@ -143,15 +143,19 @@ def _json_records(text: str, name: str):
             yield f"{name} item {i}", row
         return
     for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{name}:{lineno}: not valid JSON ({e.msg}); one JSON object per line") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{name}:{lineno}: expected a JSON object per line")
-        yield f"{name}:{lineno}", row
+        if line.strip():
+            yield f"{name}:{lineno}", json_object_line(line, f"{name}:{lineno}")
+
+
+def json_object_line(line: str, where: str) -> dict:
+    """One JSON Lines line -> its object; an InputError naming `where` (file:line) otherwise."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: not valid JSON ({e.msg}); one JSON object per line") from None
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected a JSON object per line")
+    return row
 
 
 def _csv_records(text: str, name: str, delimiter: str):

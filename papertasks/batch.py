@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from deployment.inputs import InputError, json_object_line
 from deployment.predictor import BundleError, Predictor, compose_text, normalize_whitespace
 from papertasks.data import ID_FIELDS
 from papertasks.errors import UserError
@@ -42,15 +43,8 @@ def iter_rows(path: Path) -> Iterator[dict]:
         if name.endswith((".jsonl", ".json", ".ndjson")):
             with opener() as f:
                 for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                    if not isinstance(row, dict):
-                        raise UserError(f"{path}:{lineno}: expected a JSON object per line")
-                    yield row
+                    if line.strip():
+                        yield json_object_line(line, f"{path}:{lineno}")
         elif name.endswith((".csv", ".tsv")):
             import pandas as pd
 
@@ -64,11 +58,11 @@ def iter_rows(path: Path) -> Iterator[dict]:
                 yield from batch.to_pylist()
         else:
             raise UserError(f"{path}: unknown format (use .jsonl, .csv, .tsv or .parquet)")
+    except InputError as e:
+        raise UserError(str(e)) from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
     except (OSError, ValueError) as e:
-        if isinstance(e, UserError):
-            raise
         raise UserError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:120]})") from None
 
 
