@@ -59,6 +59,10 @@ def render_model_card(bundle: Path) -> str:
                   "|---:|---:|---:|---:|---:|---:|---:|",
                   f"| {t['f1_micro']} | {t['f1_macro']} | {t['f1_samples']} | {t['precision_at_1']} | "
                   f"{t['precision_at_3']} | {t['roc_auc_micro']} | {t['roc_auc_macro']} |"]
+        g = metrics.get("test_global_threshold")
+        if g:
+            lines += ["", f"With the global threshold alone: micro-F1 {g['f1_micro']:.3f}, macro-F1 {g['f1_macro']:.3f}, "
+                      f"samples-F1 {g['f1_samples']:.3f} (the app's checkbox switches between the two)."]
     if thresholds:
         tuned = len(thresholds.get("per_label", {}))
         lines += ["", "## Thresholds", "",
