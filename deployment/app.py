@@ -16,15 +16,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 try:  # imported as part of the papertasks package (`papertasks app`)
-    from .inputs import MAX_FILE_BYTES, InputError, language_warnings, predict_rows, read_batch_file, results_to_csv
+    from .inputs import (MAX_FILE_BYTES, MAX_TEXT_CHARS, InputError, language_warnings, predict_rows,
+                          read_batch_file, results_to_csv)
     from .predictor import BundleError, Predictor
 except ImportError:  # run as a Space: `python app.py`
-    from inputs import MAX_FILE_BYTES, InputError, language_warnings, predict_rows, read_batch_file, results_to_csv
+    from inputs import (MAX_FILE_BYTES, MAX_TEXT_CHARS, InputError, language_warnings, predict_rows,
+                         read_batch_file, results_to_csv)
     from predictor import BundleError, Predictor
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE / "model"
-MAX_CHARS = 20_000
 TOP_LABELS = 10
 
 
@@ -38,8 +39,8 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
         text = (text or "").strip()
         if not text:
             raise gr.Error("Paste a paper's title and abstract first.")
-        if len(text) > MAX_CHARS:
-            raise gr.Error(f"That text has {len(text):,} characters; an abstract has fewer than {MAX_CHARS:,}.")
+        if len(text) > MAX_TEXT_CHARS:
+            raise gr.Error(f"That text has {len(text):,} characters; an abstract has fewer than {MAX_TEXT_CHARS:,}.")
         result = predictor.predict([text], threshold=None if per_label else threshold, top_k=TOP_LABELS)[0]
         chosen = ", ".join(f"**{lab}**" for lab in result["labels"]) or "_none above the threshold_"
         warnings = "".join(f"\n\n> Warning: {w}" for w in language_warnings(text))
