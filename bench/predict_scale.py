@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,7 @@ def main():
     if proc.returncode:
         sys.exit(f"predict failed with {proc.returncode}")
     written = sum(1 for _ in open(work / "out.jsonl"))
+    shutil.rmtree(work)
     assert written == args.rows, (written, args.rows)
     scoring = [s for s in samples if s[1] > 0]
     steady = (scoring[-1][1] - scoring[0][1]) / (scoring[-1][0] - scoring[0][0]) if len(scoring) > 1 else float("nan")

@@ -79,8 +79,9 @@ def _checkpointer_class():
         def after_epoch(self):
             if self.epoch < self.start_epoch:
                 return
-            valid_loss = float(self.recorder.values[-1][1])
-            metrics = dict(zip(self.recorder.metric_names[2:-1], map(float, self.recorder.values[-1][1:])))
+            # metric_names: epoch, train_loss, valid_loss, <metrics>, time; values: all but epoch and time
+            metrics = dict(zip(self.recorder.metric_names[1:-1], map(float, self.recorder.values[-1])))
+            valid_loss = metrics["valid_loss"]
             self.state["history"].append({"phase": self.phase, "epoch": self.epoch, **metrics})
             if valid_loss < self.state["best_valid_loss"]:
                 self.state["best_valid_loss"] = valid_loss
