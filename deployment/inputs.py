@@ -33,7 +33,7 @@ except ImportError:
 MAX_TEXT_CHARS = 20_000
 MAX_FILE_BYTES = 10 * 2**20
 MAX_FILE_ROWS = 50_000
-ID_FIELDS = ("id", "arxiv_id", "paper_id")  # as papertasks.data.ID_FIELDS
+ID_FIELDS = ("id", "arxiv_id", "paper_id")  # id columns, in order of preference (prepare, predict, uploads)
 FILE_TYPES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
 CSV_COLUMNS = ("id", "labels", "top_label", "top_score", "scores", "warnings", "error")
 

@@ -111,8 +111,7 @@ def parity_report(reference: np.ndarray, candidate: np.ndarray, thresholds: np.n
             "same_label_set": float(same.mean())}
 
 
-def bundle_config(model_dir: Path, tokenizer, max_length: int) -> dict:
-    training = read_json(model_dir / "training_config.json") if (model_dir / "training_config.json").is_file() else {}
+def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int) -> dict:
     hf_config = read_json(model_dir / "config.json")
     if training.get("base_model") == offline_base_model():  # the default: no --base-model needed to reproduce
         training = {**training, "base_model": None}
@@ -127,8 +126,9 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
                   max_prob_diff: float = 0.15, min_same_set: float = 0.85, work_dir: str | None = None) -> dict:
     model_dir, out = Path(model), Path(out)
     hf_model, tokenizer, labels = load_trained(model_dir)
-    max_length = int(read_json(model_dir / "training_config.json").get("max_length", 256)) \
-        if (model_dir / "training_config.json").is_file() else 256
+    training_path = model_dir / "training_config.json"
+    training = read_json(training_path) if training_path.is_file() else {}
+    max_length = int(training.get("max_length", 256))
     work = Path(work_dir) if work_dir else model_dir / "onnx"
     work.mkdir(parents=True, exist_ok=True)
     fp32_path = work / "model.onnx"
@@ -145,7 +145,7 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
         thresholds_src = model_dir / "thresholds.json"
         write_json(staging / "thresholds.json",
                    read_json(thresholds_src) if thresholds_src.is_file() else {"global": 0.5, "per_label": {}})
-        config = bundle_config(model_dir, tokenizer, max_length)
+        config = bundle_config(model_dir, tokenizer, training, max_length)
         write_json(staging / "config.json", config)
         for name in ("tokenizer.json", "labels.json", "config.json"):
             shutil.copy(staging / name, work / name)

@@ -11,9 +11,8 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from deployment.inputs import InputError, json_object_line
+from deployment.inputs import ID_FIELDS, InputError, json_object_line
 from deployment.predictor import BundleError, Predictor, compose_text, normalize_whitespace
-from papertasks.data import ID_FIELDS
 from papertasks.errors import UserError
 
 log = logging.getLogger(__name__)

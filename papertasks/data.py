@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deployment.inputs import ID_FIELDS
 from deployment.predictor import compose_text, normalize_whitespace
 from papertasks.errors import UserError
 from papertasks.io import atomic_path, write_json, write_text
@@ -24,7 +25,6 @@ from papertasks.io import atomic_path, write_json, write_text
 log = logging.getLogger(__name__)
 
 LABEL_FIELDS = ("labels", "categories", "tasks", "task_id", "label")
-ID_FIELDS = ("id", "arxiv_id", "paper_id")
 SPLITS = ("train", "valid", "test")
 
 # arXiv lists these categories under two names; fold each pair into the first name.

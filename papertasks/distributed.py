@@ -13,6 +13,7 @@ Without `--scheduler` it runs a local cluster (all cores of this machine), which
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import shutil
@@ -50,14 +51,14 @@ def predict_with_dask(inputs: str, output_dir: str, model_dir: str, scheduler: s
 
     from deployment.predictor import BundleError
 
+    model_dir = str(Path(model_dir).resolve())
     try:
-        _predictor(str(Path(model_dir).resolve()))
+        _predictor(model_dir)
     except BundleError as e:
         raise UserError(str(e)) from None
-    files = sorted(Path().glob(inputs)) if not Path(inputs).is_file() else [Path(inputs)]
+    files = sorted(glob.glob(inputs))
     if not files:
         raise UserError(f"{inputs}: no input files match")
-    model_dir = str(Path(model_dir).resolve())
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new output folder")
@@ -68,7 +69,7 @@ def predict_with_dask(inputs: str, output_dir: str, model_dir: str, scheduler: s
                                                    processes=True, dashboard_address=None)
     with Client(scheduler or cluster) as client:
         log.info("dask: %s", client)
-        bag = db.read_text([str(f) for f in files], blocksize=blocksize)
+        bag = db.read_text(files, blocksize=blocksize)
         scored = bag.map_partitions(score_lines, model_dir, top_k, batch_size)
         written = scored.to_textfiles(str(staging / "part-*.jsonl"), name_function=lambda i: f"{i:05d}",
                                       last_endline=True)

@@ -8,7 +8,6 @@ epoch with the lowest validation loss is kept and written in Hugging Face format
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -177,5 +176,5 @@ def _data_report(data_dir) -> dict | None:
     path = Path(data_dir) / "report.json"
     if not path.is_file():
         return None
-    report = json.loads(path.read_text())
+    report = read_json(path)
     return {k: report[k] for k in ("config", "labels_before", "labels_after", "rows")}
