@@ -31,7 +31,7 @@ def fresh_model(base, labels, seed):
 def fastai_seconds(hf_model, dls, lr) -> float:
     from fastai.callback.core import Callback
 
-    from papertasks.learner import multilabel_learner
+    from papertasks.learner import classifier_learner, make_loss
 
     class TrainTimer(Callback):
         def before_train(self):
@@ -41,7 +41,7 @@ def fastai_seconds(hf_model, dls, lr) -> float:
             self.seconds = time.perf_counter() - self.start
 
     timer = TrainTimer()
-    learn = multilabel_learner(hf_model, dls, path="/tmp")
+    learn = classifier_learner(hf_model, dls, path="/tmp", loss_func=make_loss(single_label=False))
     learn.unfreeze()
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, lr, cbs=[timer])

@@ -6,7 +6,8 @@ folder can be pushed as a Hugging Face Space as it is.
 
 A bundle folder holds: model.onnx (int8), tokenizer.json, labels.json (label -> index),
 thresholds.json (optional: {"global": t, "per_label": {label: t}}) and config.json
-(max_length and what the model was trained on).
+(max_length, truncation, problem_type and what the model was trained on). A multi-label bundle
+scores each label with a sigmoid; a single-label one (multi-class or binary) with a softmax.
 """
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+try:  # imported as part of the papertasks package, or as a sibling module in the Space
+    from .truncation import encode_windows
+except ImportError:
+    from truncation import encode_windows
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -69,6 +75,8 @@ class Predictor:
         self.labels = load_labels(self.model_dir / "labels.json")
         self.config = _read_json(self.model_dir / "config.json")
         self.max_length = int(self.config.get("max_length", 256))
+        self.truncation = self.config.get("truncation", "head")  # bundles from before head_tail cut the head
+        self.single_label = self.config.get("problem_type") == "single_label_classification"
         model_path = self.model_dir / model_file
         if not model_path.is_file():
             raise BundleError(f"{self.model_dir}: missing {model_file}")
@@ -77,9 +85,7 @@ class Predictor:
             raise BundleError(f"{self.model_dir}: missing tokenizer.json")
 
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        self.tokenizer.enable_truncation(self.max_length)
-        pad_id = self.tokenizer.token_to_id(self.config.get("pad_token", "[PAD]"))
-        self.tokenizer.enable_padding(pad_id=pad_id or 0, pad_token=self.config.get("pad_token", "[PAD]"))
+        self.pad_id = self.tokenizer.token_to_id(self.config.get("pad_token", "[PAD]")) or 0
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -112,17 +118,24 @@ class Predictor:
             raise BundleError(str(e)) from None
 
     def _logits(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(texts)
-        feed = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-        }
-        if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        windows = encode_windows(self.tokenizer, texts, self.max_length, self.truncation)
+        input_ids = np.full((len(windows), max(map(len, windows))), self.pad_id, dtype=np.int64)
+        attention_mask = np.zeros_like(input_ids)
+        for row, ids in enumerate(windows):
+            input_ids[row, :len(ids)] = ids
+            attention_mask[row, :len(ids)] = 1
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask,
+                "token_type_ids": np.zeros_like(input_ids)}  # one text per input: segment 0 throughout
         return self.session.run(None, {k: v for k, v in feed.items() if k in self.input_names})[0]
 
+    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+        if self.single_label:
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            return shifted / shifted.sum(axis=1, keepdims=True)
+        return 1.0 / (1.0 + np.exp(-logits))
+
     def predict_proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Sigmoid probabilities, shape (len(texts), n_labels). Batches are sorted by length so
+        """Sigmoid (multi-label) or softmax (single-label) probabilities, shape (len(texts), n_labels). Batches are sorted by length so
         each is padded only to its own longest text; rows come back in input order."""
         texts = [normalize_whitespace(t) for t in texts]
         if not texts:
@@ -131,12 +144,15 @@ class Predictor:
         probs = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            logits = self._logits([texts[i] for i in idx])
-            probs[idx] = 1.0 / (1.0 + np.exp(-logits))
+            probs[idx] = self._probabilities(self._logits([texts[i] for i in idx]))
         return probs
 
     def decide(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """Boolean label matrix: tuned per-label thresholds, or one global `threshold` if given."""
+        """Boolean label matrix: tuned per-label thresholds, or one global `threshold` if given.
+        A single-label bundle picks its top label (unless `threshold` asks for a minimum score)."""
+        if self.single_label:
+            top = probs == probs.max(axis=1, keepdims=True)
+            return top if threshold is None else top & (probs >= threshold)
         cut = self.thresholds if threshold is None else np.full(len(self.labels), threshold, dtype=np.float32)
         return probs >= cut
 

@@ -80,17 +80,24 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
 
 
-def torch_probs(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 16) -> np.ndarray:
+def torch_probs(model, tokenizer, texts: list[str], max_length: int, truncation: str,
+                batch_size: int = 16) -> np.ndarray:
+    """The trained model's probabilities on the windows the predictor builds (same truncation)."""
     import torch
+    from tokenizers import Tokenizer
+
+    from deployment.truncation import encode_windows
 
     model.eval()  # torch.onnx.export can leave the model in training mode (dropout on)
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    single_label = model.config.problem_type == "single_label_classification"
     out = []
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], truncation=True, max_length=max_length,
-                            padding=True, return_tensors="pt")
+            windows = encode_windows(backend, texts[i:i + batch_size], max_length, truncation)
+            enc = tokenizer.pad({"input_ids": windows}, return_tensors="pt")
             logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-            out.append(torch.sigmoid(logits).numpy())
+            out.append((torch.softmax(logits, -1) if single_label else torch.sigmoid(logits)).numpy())
     return np.concatenate(out)
 
 
@@ -115,11 +122,15 @@ def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int) -
     hf_config = read_json(model_dir / "config.json")
     if training.get("base_model") == offline_base_model():  # the default: no --base-model needed to reproduce
         training = {**training, "base_model": None}
-    return {"max_length": max_length, "pad_token": tokenizer.pad_token, "problem_type": "multi_label_classification",
+    return {"max_length": max_length, "pad_token": tokenizer.pad_token,
+            "truncation": training.get("truncation", "head"),
+            "problem_type": hf_config.get("problem_type") or "multi_label_classification",
             "base_model": training.get("base_model") or OFFLINE_BASE_NAME, "architecture": (hf_config.get("architectures") or [None])[0],
             "trained_on": training.get("data_report"),
-            "training": {k: training.get(k) for k in ("base_model", "max_length", "batch_size", "lr", "frozen_epochs",
-                                                       "epochs", "max_train", "max_valid", "seed", "train_seconds", "best")}}
+            "training": {k: training.get(k) for k in ("base_model", "max_length", "truncation", "problem", "loss",
+                                                       "focal_gamma", "pos_weight_clip", "oversample_to", "batch_size",
+                                                       "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed",
+                                                       "train_seconds", "best")}}
 
 
 def export_bundle(model: str, out: str, data_dir: str | None = None, parity_texts: int = 64,
@@ -153,7 +164,7 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
         texts = load_parity_texts(data_dir, parity_texts)
         int8 = Predictor(staging)
         fp32 = Predictor(work)
-        reference = torch_probs(hf_model, tokenizer, texts, max_length)
+        reference = torch_probs(hf_model, tokenizer, texts, max_length, config["truncation"])
         fp32_probs, int8_probs = fp32.predict_proba(texts), int8.predict_proba(texts)
         parity = {"texts": len(texts),
                   "onnx_fp32_vs_torch": parity_report(reference, fp32_probs, int8.thresholds),

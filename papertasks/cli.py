@@ -13,6 +13,8 @@ import sys
 from papertasks.errors import UserError
 from scrapers.cli import register as register_scrape
 from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, DEFAULT_LABELS_JSON
+from deployment.truncation import STRATEGIES
+from papertasks.data import PROBLEMS
 
 EPILOG_PIPELINE = """\
 the pipeline, end to end:
@@ -127,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=None, help="sample this many rows first (quick experiments, tests)")
     p.add_argument("--no-fold-aliases", dest="fold_aliases", action="store_false",
                    help="keep arXiv cross-listed aliases (eess.SY / cs.SY, ...) as separate labels")
+    p.add_argument("--problem", default="auto", choices=("auto",) + PROBLEMS,
+                   help="auto: multi-class (binary with 2 labels) when every row has one label, else multi-label")
     p.add_argument("--labels-json", default=DEFAULT_LABELS_JSON, help="where to write label -> index")
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=_prepare)
@@ -138,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", default=None,
                    help=f"hub id or local folder (default: the offline MiniLM; with a hub: {DEFAULT_BASE_MODEL})")
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--truncation", default="head_tail", choices=STRATEGIES,
+                   help="long texts: keep the first and last half of the window (head_tail) or the start (head)")
+    p.add_argument("--problem", default=None, choices=PROBLEMS, help="override what `prepare` found in the data")
+    p.add_argument("--loss", default="bce", choices=("bce", "focal"),
+                   help="bce: (binary) cross-entropy; focal: focal loss (--focal-gamma)")
+    p.add_argument("--focal-gamma", type=float, default=2.0)
+    p.add_argument("--pos-weight-clip", type=float, default=0.0,
+                   help="weight positives by negatives/positives per label, clipped to this (0: off)")
+    p.add_argument("--oversample-to", type=int, default=0,
+                   help="repeat the rows of labels with fewer training examples than this (at most 10x; 0: off)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the head; lower groups get lr/10, lr/100")
     p.add_argument("--frozen-epochs", type=int, default=1, help="epochs training only the head")

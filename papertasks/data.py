@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 LABEL_FIELDS = ("labels", "categories", "tasks", "task_id", "label")
 SPLITS = ("train", "valid", "test")
+PROBLEMS = ("multi-label", "multi-class", "binary")
 
 # arXiv lists these categories under two names; fold each pair into the first name.
 ARXIV_ALIASES = {
@@ -56,6 +57,7 @@ class PrepareConfig:
     test_from: str | None = None
     max_rows: int | None = None
     fold_aliases: bool = True
+    problem: str = "auto"  # or one of PROBLEMS
     labels_json: str | None = None  # the CLI passes json_files/labels.json
     seed: int = 42
 
@@ -216,6 +218,32 @@ def split(df: pd.DataFrame, cfg: PrepareConfig) -> tuple[dict[str, pd.DataFrame]
     return parts, labels, counts
 
 
+def detect_problem(label_lists, n_labels: int, wanted: str = "auto") -> str:
+    """multi-class (binary for two labels) when every row has exactly one label, else multi-label;
+    `wanted` (from --problem) is checked against the data rather than trusted."""
+    multi = sum(len(labs) > 1 for labs in label_lists)
+    found = "multi-label" if multi else ("binary" if n_labels == 2 else "multi-class")
+    if wanted in ("auto", None, found) or wanted == "multi-label":
+        return found if wanted in ("auto", None) else wanted
+    if multi:
+        raise UserError(f"--problem {wanted} needs one label per row, but {multi} rows have several "
+                        "(after pruning); use --problem multi-label, or prune to one label per paper")
+    if wanted == "binary" and n_labels != 2:
+        raise UserError(f"--problem binary needs exactly 2 labels, the data has {n_labels}; use --top-k 2 or "
+                        "--problem multi-class")
+    return wanted
+
+
+def read_problem(data_dir: str | Path) -> str:
+    """The problem `prepare` found (report.json); data prepared elsewhere is judged from its train split."""
+    report = Path(data_dir) / "report.json"
+    if report.is_file():
+        problem = json.loads(report.read_text(encoding="utf-8")).get("problem")
+        if problem in PROBLEMS:
+            return problem
+    return detect_problem(read_split(data_dir, "train")["labels"], len(read_labels(data_dir)))
+
+
 def _require_labels(labels, counts, cfg):
     if not labels:
         top = max(counts.values()) if counts else 0
@@ -281,10 +309,12 @@ def prepare(cfg: PrepareConfig) -> dict:
         raise UserError("no labeled rows left after cleaning")
     parts, labels, counts = split(df, cfg)
     vocab = {lab: i for i, lab in enumerate(labels)}
+    problem = detect_problem([labs for part in parts.values() for labs in part["labels"]], len(labels), cfg.problem)
 
     split_counts = {name: Counter(lab for labs in part["labels"] for lab in labs) for name, part in parts.items()}
     report = {
         "config": asdict(cfg),
+        "problem": problem,
         "cleaning": stats,
         "labels_before": len(counts),
         "labels_after": len(labels),
@@ -303,7 +333,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     write_json(out / "report.json", report)
     plot_label_frequency(counts, labels, cfg.min_count, out / "label_frequency.png")
     write_text(out / "report.md", render_report(report))
-    log.info("labels %d -> %d; rows train/valid/test = %d/%d/%d; written to %s", len(counts), len(labels),
+    log.info("%s; labels %d -> %d; rows train/valid/test = %d/%d/%d; written to %s", problem, len(counts), len(labels),
              len(parts["train"]), len(parts["valid"]), len(parts["test"]), out)
     return report
 
@@ -313,6 +343,7 @@ def render_report(report: dict) -> str:
         "# Data report", "",
         f"- rows read: {report['cleaning']['rows_read']}; empty text dropped: {report['cleaning']['empty_text_dropped']}; "
         f"duplicates dropped: {report['cleaning']['duplicates_dropped']}; unlabeled dropped: {report['cleaning']['unlabeled_dropped']}",
+        f"- problem: {report['problem']}",
         f"- labels: {report['labels_before']} before pruning -> {report['labels_after']} after "
         f"(min-count {report['config']['min_count']}, top-k {report['config']['top_k']})",
         f"- rows left with no label after pruning (dropped): {report['rows_dropped_no_label_left']}",

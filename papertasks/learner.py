@@ -3,13 +3,16 @@
 Blurr's last release pins torch<2 and fails on current fastai/transformers, so this replaces the
 four pieces of it the original project used:
 
-1. `TokenizedDataLoaders`: texts are tokenized once, and each batch is padded only to its own
-   longest text (Blurr's batch tokenization), yielding (input_ids, attention_mask, targets).
+1. `tokenized_dataloaders`: texts are tokenized once (with the bundle's tokenizer.json and the
+   predictor's own window fitting, `deployment/truncation.py`), and each batch is padded only to
+   its own longest text (Blurr's batch tokenization), yielding (input_ids, attention_mask, targets).
 2. `HFSequenceClassifier`: wraps an `AutoModelForSequenceClassification` so fastai can call it
    with positional tensors and get plain logits back.
 3. `hf_splitter`: three parameter groups (embeddings / encoder / head) for discriminative
    learning rates and fastai's freeze / unfreeze.
-4. `multilabel_learner`: a Learner with BCE-with-logits and multi-label metrics.
+4. `classifier_learner`: a Learner with the loss and metrics of the problem: BCE-with-logits (or
+   focal loss, optionally with clipped positive-class weights) and multi-label metrics, or
+   cross-entropy with accuracy and macro-F1 for single-label (multi-class and binary) data.
 """
 from __future__ import annotations
 
@@ -21,18 +24,25 @@ import torch
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
-from fastai.losses import BCEWithLogitsLossFlat
-from fastai.metrics import F1ScoreMulti, accuracy_multi
+from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat, FocalLossFlat
+from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
+from tokenizers import Tokenizer
 from torch import nn
+
+from deployment.truncation import encode_windows
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
-    """Token ids (truncated, unpadded) and a multi-hot target per text."""
+    """Token ids (fitted to the window, unpadded) and a target per text: the multi-hot row for
+    multi-label data, the class index for single-label data."""
 
-    def __init__(self, tokenizer, texts: list[str], targets: np.ndarray, max_length: int):
-        enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)
-        self.input_ids = enc["input_ids"]
-        self.targets = torch.as_tensor(targets, dtype=torch.float32)
+    def __init__(self, tokenizer, texts: list[str], targets: np.ndarray, max_length: int, truncation: str,
+                 single_label: bool):
+        # The fast tokenizer's own `tokenizers` object: the one saved as tokenizer.json and served.
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.input_ids = encode_windows(backend, texts, max_length, truncation)
+        self.targets = (torch.as_tensor(targets.argmax(axis=1), dtype=torch.long) if single_label
+                        else torch.as_tensor(targets, dtype=torch.float32))
 
     def __len__(self):
         return len(self.input_ids)
@@ -53,12 +63,14 @@ def pad_batch(items, pad_id: int):
 
 
 def tokenized_dataloaders(tokenizer, train: tuple[list[str], np.ndarray], valid: tuple[list[str], np.ndarray],
-                          max_length: int, batch_size: int, device=None) -> DataLoaders:
+                          max_length: int, batch_size: int, truncation: str = "head_tail", single_label: bool = False,
+                          device=None) -> DataLoaders:
     """fastai DataLoaders over pre-tokenized texts; batches padded per batch."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def make(texts_targets, shuffle):
-        ds = TokenizedDataset(tokenizer, *texts_targets, max_length=max_length)
+        ds = TokenizedDataset(tokenizer, *texts_targets, max_length=max_length, truncation=truncation,
+                              single_label=single_label)
         return DataLoader(ds, bs=batch_size, shuffle=shuffle, drop_last=shuffle, device=device,
                           create_batch=lambda items: pad_batch(items, pad_id))
 
@@ -92,8 +104,58 @@ def hf_splitter(model: HFSequenceClassifier) -> list[list[nn.Parameter]]:
     return [embeddings, encoder, head]
 
 
-def multilabel_learner(hf_model, dls: DataLoaders, path, weight_decay: float = 0.01) -> Learner:
-    metrics = [accuracy_multi, F1ScoreMulti(average="micro"), F1ScoreMulti(average="macro")]
-    metrics[1].name, metrics[2].name = "f1_micro", "f1_macro"
-    return Learner(dls, HFSequenceClassifier(hf_model), loss_func=BCEWithLogitsLossFlat(),
+class SigmoidFocalLoss(nn.Module):
+    """Multi-label focal loss (Lin et al., 2017): BCE scaled by (1 - p_t)^gamma, so the many easy
+    negatives of a rare label stop dominating its gradient. `pos_weight` as in BCEWithLogitsLoss."""
+
+    def __init__(self, gamma: float = 2.0, pos_weight: torch.Tensor | None = None):
+        super().__init__()
+        self.gamma = gamma
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, logits, targets):
+        targets = targets.float()
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight,
+                                                             reduction="none")
+        p = torch.sigmoid(logits)
+        p_t = p * targets + (1 - p) * (1 - targets)
+        return ((1 - p_t) ** self.gamma * bce).mean()
+
+    def activation(self, x):  # fastai's get_preds applies the loss's activation
+        return torch.sigmoid(x)
+
+    def decodes(self, x):
+        return x > 0
+
+
+def positive_weights(targets: np.ndarray, clip: float) -> np.ndarray:
+    """negatives / positives per label (per class, relative to the mean, for single-label), clipped
+    to [1, clip] so a label with a handful of examples cannot swamp the loss."""
+    positives = np.maximum(targets.sum(axis=0), 1)
+    if targets.shape[1] and (targets.sum(axis=1) == 1).all():
+        weights = positives.mean() / positives
+    else:
+        weights = (len(targets) - positives) / positives
+    return np.clip(weights, 1.0, clip).astype(np.float32)
+
+
+def make_loss(single_label: bool, loss: str = "bce", gamma: float = 2.0, weights: np.ndarray | None = None):
+    """The training loss: BCE / focal over sigmoids (multi-label) or CE / focal over a softmax."""
+    w = torch.as_tensor(weights) if weights is not None else None
+    if single_label:
+        return FocalLossFlat(gamma=gamma, weight=w) if loss == "focal" else CrossEntropyLossFlat(weight=w)
+    if loss == "focal":
+        return SigmoidFocalLoss(gamma=gamma, pos_weight=w)
+    return BCEWithLogitsLossFlat(pos_weight=w)
+
+
+def classifier_learner(hf_model, dls: DataLoaders, path, loss_func, single_label: bool = False,
+                       weight_decay: float = 0.01) -> Learner:
+    if single_label:
+        metrics = [accuracy, F1Score(average="macro")]
+        metrics[1].name = "f1_macro"
+    else:
+        metrics = [accuracy_multi, F1ScoreMulti(average="micro"), F1ScoreMulti(average="macro")]
+        metrics[1].name, metrics[2].name = "f1_micro", "f1_macro"
+    return Learner(dls, HFSequenceClassifier(hf_model), loss_func=loss_func,
                    metrics=metrics, splitter=hf_splitter, wd=weight_decay, path=path, model_dir="checkpoints")

@@ -5,6 +5,12 @@ only the head trainable at 10x `--lr`, then `--epochs` with everything unfrozen 
 learning rates (embeddings lr/10 ... head lr). After every epoch the model and optimizer are saved
 to `<out>/checkpoints/last.pth` with a small state file, so `--resume` continues from there; the
 epoch with the lowest validation loss is kept and written in Hugging Face format.
+
+The problem comes from the data (`prepare` records multi-label, multi-class or binary): sigmoids
+and BCE for multi-label, a softmax and cross-entropy for single-label. Imbalance options, each
+off by default and each measured in the README: `--pos-weight-clip` (positive-class weights,
+negatives/positives clipped), `--loss focal`, and `--oversample-to` (repeat the rows of rare
+labels up to that many examples per label).
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from papertasks.data import label_matrix, read_labels, read_split
+from papertasks.data import PROBLEMS, detect_problem, label_matrix, read_labels, read_problem, read_split
 from papertasks.errors import UserError
 from papertasks.io import read_json, write_json
 from papertasks.paths import offline_base_model
@@ -31,6 +37,12 @@ class TrainConfig:
     out: str
     base_model: str | None = None
     max_length: int = 128
+    truncation: str = "head_tail"
+    problem: str | None = None  # None: what `prepare` recorded for the data
+    loss: str = "bce"  # or "focal"
+    focal_gamma: float = 2.0
+    pos_weight_clip: float = 0.0  # 0: no positive-class weights
+    oversample_to: int = 0  # 0: no oversampling
     batch_size: int = 32
     lr: float = 1e-4
     frozen_epochs: int = 1
@@ -42,14 +54,28 @@ class TrainConfig:
     seed: int = 42
 
 
-def load_base(base_model: str, labels: list[str]):
-    """Tokenizer + a sequence classifier with a fresh multi-label head; hub id or local folder."""
+def hf_problem_type(problem: str) -> str:
+    return "multi_label_classification" if problem == "multi-label" else "single_label_classification"
+
+
+def oversample_rows(y: np.ndarray, target: int, seed: int) -> np.ndarray:
+    """Row indices with the rows of rare labels repeated: a row is drawn ceil(target / n) times in
+    all, n being the count of its rarest label (at most 10x), so labels under `target` examples get
+    about `target`. Frequent labels keep their rows once; the order is shuffled by fastai anyway."""
+    counts = np.maximum(y.sum(axis=0), 1)
+    rarest = np.where(y > 0, counts, np.inf).min(axis=1)
+    repeats = np.clip(np.ceil(target / rarest), 1, 10).astype(int)
+    return np.random.default_rng(seed).permutation(np.repeat(np.arange(len(y)), repeats))
+
+
+def load_base(base_model: str, labels: list[str], problem: str = "multi-label"):
+    """Tokenizer + a sequence classifier with a fresh head for the problem; hub id or local folder."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model)
         model = AutoModelForSequenceClassification.from_pretrained(
-            base_model, num_labels=len(labels), problem_type="multi_label_classification",
+            base_model, num_labels=len(labels), problem_type=hf_problem_type(problem),
             id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
             ignore_mismatched_sizes=True)
     except (OSError, ValueError) as e:
@@ -97,11 +123,15 @@ def train(cfg: TrainConfig) -> Path:
     import torch
     from fastai.torch_core import set_seed
 
-    from papertasks.learner import multilabel_learner, tokenized_dataloaders
+    from papertasks.learner import classifier_learner, make_loss, positive_weights, tokenized_dataloaders
 
     out = Path(cfg.out)
     labels = read_labels(cfg.data)
     train_df, valid_df = read_split(cfg.data, "train"), read_split(cfg.data, "valid")
+    if cfg.problem and cfg.problem not in PROBLEMS:
+        raise UserError(f"--problem must be one of {', '.join(PROBLEMS)}")
+    problem = detect_problem(train_df["labels"], len(labels), cfg.problem) if cfg.problem else read_problem(cfg.data)
+    single_label = problem != "multi-label"
     if cfg.max_train and len(train_df) > cfg.max_train:
         train_df = train_df.sample(cfg.max_train, random_state=cfg.seed)
     if cfg.max_valid and len(valid_df) > cfg.max_valid:
@@ -125,18 +155,24 @@ def train(cfg: TrainConfig) -> Path:
 
     warnings.filterwarnings("ignore", category=UndefinedMetricWarning)  # rare labels absent from a batch
     set_seed(cfg.seed, reproducible=True)
-    tokenizer, hf_model = load_base(base, labels)
+    tokenizer, hf_model = load_base(base, labels, problem)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     t0 = time.time()
+    train_texts, y_train = train_df["text"].tolist(), label_matrix(train_df["labels"], labels)
+    weights = positive_weights(y_train, cfg.pos_weight_clip) if cfg.pos_weight_clip else None
+    if cfg.oversample_to:
+        rows = oversample_rows(y_train, cfg.oversample_to, cfg.seed)
+        train_texts, y_train = [train_texts[i] for i in rows], y_train[rows]
     dls = tokenized_dataloaders(
-        tokenizer,
-        (train_df["text"].tolist(), label_matrix(train_df["labels"], labels)),
-        (valid_df["text"].tolist(), label_matrix(valid_df["labels"], labels)),
-        max_length=cfg.max_length, batch_size=cfg.batch_size, device=device)
-    log.info("tokenized %d train / %d valid texts in %.1fs; %d labels; base %s; device %s",
-             len(train_df), len(valid_df), time.time() - t0, len(labels), base, device)
-    learn = multilabel_learner(hf_model, dls, path=out, weight_decay=cfg.weight_decay)
+        tokenizer, (train_texts, y_train), (valid_df["text"].tolist(), label_matrix(valid_df["labels"], labels)),
+        max_length=cfg.max_length, batch_size=cfg.batch_size, truncation=cfg.truncation,
+        single_label=single_label, device=device)
+    log.info("%s: tokenized %d train (%d distinct) / %d valid texts in %.1fs; %d labels; base %s; device %s",
+             problem, len(train_texts), len(train_df), len(valid_df), time.time() - t0, len(labels), base, device)
+    loss_func = make_loss(single_label, cfg.loss, cfg.focal_gamma, weights)
+    learn = classifier_learner(hf_model, dls, path=out, loss_func=loss_func, single_label=single_label,
+                               weight_decay=cfg.weight_decay)
     if cuda:
         learn.to_fp16()
     if cfg.resume:
@@ -155,18 +191,18 @@ def train(cfg: TrainConfig) -> Path:
     state["train_seconds"] = state.get("train_seconds", 0) + round(time.time() - t0, 1)
 
     learn.load("best", device=device, with_opt=False)
-    save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out)
+    save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out, problem)
     log.info("best epoch %s (valid loss %.4f); model saved to %s", state["best"], state["best_valid_loss"], out)
     return out
 
 
-def save_trained(hf_model, tokenizer, labels, cfg: TrainConfig, state: dict, out: Path) -> None:
+def save_trained(hf_model, tokenizer, labels, cfg: TrainConfig, state: dict, out: Path, problem: str) -> None:
     """Hugging Face layout (safetensors + tokenizer.json) plus labels.json and training_config.json."""
     hf_model.float().cpu().save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_json(out / "labels.json", {lab: i for i, lab in enumerate(labels)})
     write_json(out / "training_config.json", {
-        **asdict(cfg), "base_model": state["base_model"], "labels": len(labels),
+        **asdict(cfg), "problem": problem, "base_model": state["base_model"], "labels": len(labels),
         "best": state["best"], "best_valid_loss": state["best_valid_loss"], "history": state["history"],
         "train_seconds": state.get("train_seconds"), "data_report": _data_report(cfg.data),
         "torch_threads": os.cpu_count()})
