@@ -6,7 +6,7 @@ bundle's thresholds), model size and peak RSS; then the ratios against torch. Va
 served int8 path (length-sorted batches or not, 1 thread or all, ORT's transformer fusion) are
 measured the same way, so what wins and what does not is on record.
 
-    python bench/inference.py --model models/arxiv --bundle deployment/model --data data/arxiv
+    python bench/inference.py --model models/arxiv --bundle deployment/models/arxiv --data data/arxiv
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def render(results: list[dict]) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/arxiv", help="trained Hugging Face folder (with onnx/ from export)")
-    parser.add_argument("--bundle", default="deployment/model")
+    parser.add_argument("--bundle", default="deployment/models/arxiv")
     parser.add_argument("--data", default="data/arxiv", help="prepared data: texts come from its test split")
     parser.add_argument("--texts", type=int, default=256, help="texts for the batch-32 runs")
     parser.add_argument("--single", type=int, default=64, help="texts for the batch-1 runs")

@@ -5,7 +5,7 @@ Bounded and loopback only: it starts `papertasks serve` itself on a free 127.0.0
 (or runs for --seconds), stops by itself, prints a table (throughput, p50/p95/p99/max latency,
 errors) and writes the numbers as JSON. Exit status 1 if any request failed.
 
-    python bench/load_api.py --model deployment/model --concurrency 1 4 16 --requests 400
+    python bench/load_api.py --model deployment/models/arxiv --concurrency 1 4 16 --requests 400
     python bench/load_api.py --url http://127.0.0.1:8000 --concurrency 16 --seconds 20
 
 Each client is a thread with one keep-alive HTTP connection (standard library only); a request is
@@ -160,7 +160,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", help="a running server (loopback only); default: start one")
-    where.add_argument("--model", default=str(REPO / "deployment" / "model"), help="bundle for the server it starts")
+    where.add_argument("--model", default=str(REPO / "deployment" / "models" / "arxiv"),
+                       help="bundle for the server it starts")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="clients, one run per value")
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument("--requests", type=int, default=400, help="requests per concurrency level")

@@ -4,7 +4,7 @@ Builds an input of N rows by cycling the real test abstracts (each row a unique 
 a user would, samples the process's resident memory every second, and reports throughput and memory
 at each tenth of the run: flat memory means the input is streamed, not loaded.
 
-    python bench/predict_scale.py --rows 100000 --data data/arxiv --bundle deployment/model
+    python bench/predict_scale.py --rows 100000 --data data/arxiv --bundle deployment/models/arxiv
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--data", default="data/arxiv")
-    parser.add_argument("--bundle", default="deployment/model")
+    parser.add_argument("--bundle", default="deployment/models/arxiv")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", default="bench/results/predict_scale.json")
     args = parser.parse_args()

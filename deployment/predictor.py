@@ -118,7 +118,10 @@ class Predictor:
             raise BundleError(str(e)) from None
 
     def _logits(self, texts: list[str]) -> np.ndarray:
-        windows = encode_windows(self.tokenizer, texts, self.max_length, self.truncation)
+        return self.logits_of_windows(encode_windows(self.tokenizer, texts, self.max_length, self.truncation))
+
+    def logits_of_windows(self, windows: list[list[int]]) -> np.ndarray:
+        """Raw model outputs for token-id windows already fitted to max_length (one row each)."""
         input_ids = np.full((len(windows), max(map(len, windows))), self.pad_id, dtype=np.int64)
         attention_mask = np.zeros_like(input_ids)
         for row, ids in enumerate(windows):
@@ -128,7 +131,7 @@ class Predictor:
                 "token_type_ids": np.zeros_like(input_ids)}  # one text per input: segment 0 throughout
         return self.session.run(None, {k: v for k, v in feed.items() if k in self.input_names})[0]
 
-    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
         if self.single_label:
             shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
             return shifted / shifted.sum(axis=1, keepdims=True)
@@ -144,7 +147,7 @@ class Predictor:
         probs = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            probs[idx] = self._probabilities(self._logits([texts[i] for i in idx]))
+            probs[idx] = self.probabilities(self._logits([texts[i] for i in idx]))
         return probs
 
     def decide(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:

@@ -21,11 +21,16 @@ def render_model_card(bundle: Path) -> str:
     metrics, thresholds = _load(bundle, "metrics.json"), _load(bundle, "thresholds.json")
     labels = _load(bundle, "labels.json")
     data = config.get("trained_on") or {}
+    single_label = config.get("problem_type") == "single_label_classification"
+    kind = ("Single-label classifier (softmax: one class per paper)" if single_label
+            else "Multi-label classifier (a sigmoid per label)")
+    window = ("the first and last halves of a" if config.get("truncation") == "head_tail" else "the start of a")
     lines = [
         "# papertasks model card", "",
-        f"Multi-label classifier over {len(labels)} labels, fine-tuned from `{config.get('base_model')}` "
+        f"{kind} over {len(labels)} labels, fine-tuned from `{config.get('base_model')}` "
         f"({config.get('architecture')}) with fastai, exported to ONNX and quantized to int8 "
-        f"(dynamic, per-channel). Inputs are 'Title. Abstract', truncated to {config.get('max_length')} tokens.",
+        f"(dynamic, per-channel). Inputs are 'Title. Abstract'; a long one keeps {window} "
+        f"{config.get('max_length')}-token window.",
         "", "## Data", "",
     ]
     if data:
@@ -52,7 +57,12 @@ def render_model_card(bundle: Path) -> str:
                   "| vs torch | max prob diff | mean prob diff | same label set |", "|---|---:|---:|---:|",
                   f"| ONNX fp32 | {fp32['max_prob_diff']:.2e} | {fp32['mean_prob_diff']:.2e} | {100 * fp32['same_label_set']:.1f}% |",
                   f"| ONNX int8 | {int8['max_prob_diff']:.3f} | {int8['mean_prob_diff']:.4f} | {100 * int8['same_label_set']:.1f}% |"]
-    if metrics:
+    if metrics and single_label:
+        scalars = {k: v for k, v in metrics["test"].items() if isinstance(v, (int, float))}
+        lines += ["", f"## Test metrics ({metrics.get('test_rows')} papers, this int8 bundle, top class)", "",
+                  "| " + " | ".join(scalars) + " |", "|" + "---:|" * len(scalars),
+                  "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in scalars.values()) + " |"]
+    elif metrics:
         t = {k: (f"{v:.3f}" if isinstance(v, float) else "n/a") for k, v in metrics["test"].items()}
         lines += ["", f"## Test metrics ({metrics.get('test_rows')} papers, this int8 bundle, per-label thresholds)", "",
                   "| micro-F1 | macro-F1 | samples-F1 | P@1 | P@3 | ROC-AUC (micro) | ROC-AUC (macro) |",
@@ -63,14 +73,15 @@ def render_model_card(bundle: Path) -> str:
         if g:
             lines += ["", f"With the global threshold alone: micro-F1 {g['f1_micro']:.3f}, macro-F1 {g['f1_macro']:.3f}, "
                       f"samples-F1 {g['f1_samples']:.3f} (the app's checkbox switches between the two)."]
-    if thresholds:
+    if thresholds and not single_label:
         tuned = len(thresholds.get("per_label", {}))
         lines += ["", "## Thresholds", "",
                   f"Global {thresholds.get('global')}; {tuned} labels have their own threshold tuned on validation "
                   f"(labels with fewer than {thresholds.get('min_positives', '?')} validation positives use the global one)."]
     lines += ["", "## Reproduce", "", "```bash", *reproduce_commands(data.get("config", {}), config.get("training", {})),
-              "papertasks export --model MODEL_DIR --data DATA_DIR --out deployment/model",
-              "papertasks evaluate --model deployment/model --data DATA_DIR --out reports/", "```", ""]
+              f"papertasks export --model MODEL_DIR --data DATA_DIR --out deployment/models/{bundle.name}",
+              f"papertasks evaluate --model deployment/models/{bundle.name} --data DATA_DIR --out reports/{bundle.name}",
+              "```", ""]
     return "\n".join(lines)
 
 
@@ -82,10 +93,15 @@ def reproduce_commands(prepare: dict, training: dict) -> list[str]:
         prep.append(f"--top-k {prepare['top_k']}")
     if prepare.get("split_by"):
         prep.append(f"--split-by {prepare['split_by']} --test-from {prepare['test_from']}")
+    if prepare.get("fold_aliases") is False:
+        prep.append("--no-fold-aliases")
     prep.append(f"--seed {prepare.get('seed', 42)}")
     train = ["papertasks train --data DATA_DIR --out MODEL_DIR"]
-    for key in ("base_model", "max_length", "batch_size", "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed"):
-        if training.get(key) is not None:
+    for key in ("base_model", "max_length", "truncation", "loss", "focal_gamma", "pos_weight_clip", "oversample_to",
+                "batch_size", "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed"):
+        off = (training.get(key) is None or (key in ("pos_weight_clip", "oversample_to") and not training[key])
+               or (key == "focal_gamma" and training.get("loss") != "focal"))
+        if not off:
             train.append(f"--{key.replace('_', '-')} {training[key]}")
     return [" ".join(prep), " ".join(train)]
 

@@ -1,11 +1,16 @@
 """REST API: `papertasks serve` (FastAPI + uvicorn) over the same Predictor as the app and the CLI.
 
-Sync:  POST /predict, POST /predict/batch, GET /labels, GET /health, OpenAPI docs at /docs.
+Sync:  POST /predict, POST /predict/batch, GET /models, GET /labels, GET /health, OpenAPI docs at /docs.
 Async: POST /jobs (CSV/JSONL upload) -> 202 + Location; GET /jobs/{id} -> 202 while queued or
        running, 200 with the results (JSON, or CSV with ?format=csv) when done, the failure's status
        (422 bad file, 500 worker lost or failed) when it failed, 404 when unknown or expired.
 Jobs need Redis and at least one `papertasks worker`; without Redis the sync endpoints work and the
 jobs endpoints answer 503. Every error is JSON {"detail": "one line"}; nothing answers a traceback.
+
+It serves every model of a registry (deployment/models/models.json, see deployment.registry) or one
+bundle; requests pick one with `model` (default: the first listed). A multi-label model answers the
+labels above its thresholds; a single-label one its best class, with the TOP_CLASSES best scores
+unless `top_k` asks for another number.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployment.inputs import (MAX_FILE_BYTES, MAX_TEXT_CHARS, InputError, check_file_header, language_warnings,
                                results_to_csv, text_from)
 from deployment.manifest import bundle_fingerprint
-from deployment.predictor import Predictor
+from deployment.predictor import BundleError, Predictor
+from deployment.registry import TOP_CLASSES, Registry, UnknownModelError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,7 @@ MAX_BODY_BYTES = 8 * 2**20  # JSON bodies; uploads to /jobs are limited by max_u
 RESULT_TTL = 3600
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 JSON_HINT = 'send Content-Type: application/json and a body like {"text": "Title. Abstract"}'
+MODEL_FIELD = "which model answers: a name from GET /models (default: the first one there, 'arxiv' when it is served)"
 
 
 @dataclass
@@ -68,20 +75,27 @@ class PredictRequest(_Strict):
                                        "Transformer, based solely on attention mechanisms."])
     title: str | None = None
     abstract: str | None = None
+    model: str | None = Field(None, description=MODEL_FIELD, examples=["arxiv"])
     threshold: float | None = Field(None, ge=0.0, le=1.0,
-                                    description="one global threshold; default: the bundle's tuned per-label ones")
-    top_k: int | None = Field(None, ge=1, description="return only the K best scores (default: all labels)")
+                                    description="one global threshold; default: the bundle's tuned per-label ones "
+                                                "(single-label models: the best class's minimum score)")
+    top_k: int | None = Field(None, ge=1, description="return only the K best scores (default: all labels of a "
+                                                      f"multi-label model, the {TOP_CLASSES} best classes of a "
+                                                      "single-label one)")
 
 
 class BatchRequest(_Strict):
     items: list[Union[str, Paper]] = Field(..., description=f"texts, or objects with id and text or title + "
                                            f"abstract; at most {MAX_BATCH} (the server's --max-batch)")
+    model: str | None = Field(None, description=MODEL_FIELD)
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1)
 
 
 class Prediction(BaseModel):
-    labels: list[str] = Field(..., description="labels whose score is at or above the threshold, best first")
+    model: str = Field(..., description="the model that answered")
+    labels: list[str] = Field(..., description="labels whose score is at or above the threshold, best first "
+                                               "(a single-label model: its best class)")
     scores: dict[str, float] = Field(..., description="label -> probability, best first")
     warnings: list[str] = Field(default_factory=list, description="e.g. the text does not look like English")
 
@@ -94,8 +108,25 @@ class BatchPrediction(BaseModel):
 
 
 class BatchResponse(BaseModel):
+    model: str
     count: int
     results: list[BatchPrediction]
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(..., description="what requests send as `model`")
+    title: str
+    description: str
+    problem_type: Literal["multi_label_classification", "single_label_classification"] | None = Field(
+        None, description="multi-label: every label above its threshold; single-label: the one best class")
+    labels: int | None = Field(None, description="how many labels (classes) the model knows")
+    default: bool = Field(..., description="answers requests that name no model")
+    error: str | None = Field(None, description="why the model cannot be served (its bundle is bad)")
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelInfo]
 
 
 class Problem(BaseModel):
@@ -177,24 +208,25 @@ def _mask(url: str | None) -> str | None:
     return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url) if url else url
 
 
-def create_app(model_dir: str, predictor: Predictor | None = None, **settings) -> FastAPI:
-    """The API for the bundle in `model_dir` (loaded now: a bad bundle raises BundleError here).
+def create_app(model_dir: str, **settings) -> FastAPI:
+    """The API for the models in `model_dir`: a folder with models.json, or one bundle folder. The
+    default model loads now (a bad bundle raises BundleError here), the others on first use.
     Keyword arguments override Settings (redis_url, result_ttl, max_batch, ...)."""
     cfg = Settings(**settings)
-    predictor = predictor or Predictor(model_dir)
-    fingerprint = bundle_fingerprint(predictor.model_dir)
-    n_labels = len(predictor.labels)
+    registry = Registry.from_path(model_dir)
+    registry.predictor()
+    titles = ", ".join(f"{e.name} ({e.title})" for e in registry.entries.values())
 
     app = FastAPI(
         title="papertasks",
         version="1.0",
-        description=(f"Tags research-paper abstracts with arXiv categories ({n_labels} labels, multi-label). "
+        description=(f"Tags research-paper abstracts; the models (GET /models): {titles}. "
                      f"Texts: at most {MAX_TEXT_CHARS:,} characters; batches: at most {cfg.max_batch} items; "
-                     f"uploads: at most {cfg.max_upload_bytes:,} bytes. The model is English-only: other "
+                     f"uploads: at most {cfg.max_upload_bytes:,} bytes. The models are English-only: other "
                      "languages are scored but get a warning."),
     )
     app.add_middleware(_BodyLimit, settings=cfg)
-    app.state.predictor, app.state.settings = predictor, cfg
+    app.state.registry, app.state.settings = registry, cfg
     redis_state = {"connection": None}
 
     @app.exception_handler(RequestValidationError)
@@ -244,8 +276,20 @@ def create_app(model_dir: str, predictor: Predictor | None = None, **settings) -
                                      "async jobs are unavailable, /predict still works") from None
         return redis_state["connection"]
 
-    def _predict(texts: list[str], threshold, top_k) -> list[dict]:
-        top_k = min(top_k, n_labels) if top_k else None
+    def _model(name: str | None) -> tuple[str, Predictor]:
+        """The requested model's name and Predictor: 422 for a name not served, 503 for a bad bundle."""
+        try:
+            entry = registry.entry(name)
+        except UnknownModelError as e:
+            raise InputError(f"model: {e} (GET /models lists them)") from None
+        try:
+            return entry.name, registry.predictor(entry.name)
+        except BundleError as e:
+            raise HTTPException(503, f"model {entry.name!r} cannot be served: {e}") from None
+
+    def _predict(predictor: Predictor, texts: list[str], threshold, top_k) -> list[dict]:
+        n_labels = len(predictor.labels)
+        top_k = min(top_k or (TOP_CLASSES if predictor.single_label else n_labels), n_labels)
         results = predictor.predict(texts, threshold=threshold, top_k=top_k)
         return [{**r, "warnings": language_warnings(t)} for t, r in zip(texts, results)]
 
@@ -253,14 +297,15 @@ def create_app(model_dir: str, predictor: Predictor | None = None, **settings) -
 
     @app.get("/", include_in_schema=False)
     def root() -> dict:
-        return {"name": "papertasks", "docs": "/docs", "health": "/health", "labels": "/labels",
+        return {"name": "papertasks", "docs": "/docs", "health": "/health", "models": "/models", "labels": "/labels",
                 "predict": "POST /predict", "batch": "POST /predict/batch", "jobs": "POST /jobs"}
 
     @app.post("/predict", response_model=Prediction, responses=error_responses, tags=["predict"],
               summary="Labels and scores for one paper")
     def predict(body: PredictRequest) -> dict:
         text = text_from(body.text, body.title, body.abstract)
-        return _predict([text], body.threshold, body.top_k)[0]
+        name, predictor = _model(body.model)
+        return {"model": name, **_predict(predictor, [text], body.threshold, body.top_k)[0]}
 
     @app.post("/predict/batch", response_model=BatchResponse, responses=error_responses, tags=["predict"],
               summary=f"Labels and scores for up to {cfg.max_batch} papers")
@@ -270,6 +315,7 @@ def create_app(model_dir: str, predictor: Predictor | None = None, **settings) -
         if len(body.items) > cfg.max_batch:
             raise InputError(f"items: {len(body.items)} papers; the limit is {cfg.max_batch} per request "
                              "(upload a file to POST /jobs for more)", status=413)
+        name, predictor = _model(body.model)
         texts, ids = [], []
         for i, item in enumerate(body.items):
             where = f"items[{i}]"
@@ -279,17 +325,35 @@ def create_app(model_dir: str, predictor: Predictor | None = None, **settings) -
             else:
                 texts.append(text_from(item.text, item.title, item.abstract, where=where))
                 ids.append(item.id if item.id is not None else i)
-        results = _predict(texts, body.threshold, body.top_k)
-        return {"count": len(results), "results": [{"id": i, **r} for i, r in zip(ids, results)]}
+        results = _predict(predictor, texts, body.threshold, body.top_k)
+        return {"model": name, "count": len(results), "results": [{"id": i, **r} for i, r in zip(ids, results)]}
 
-    @app.get("/labels", tags=["model"], summary="The labels and their tuned thresholds")
-    def labels() -> dict:
+    @app.get("/models", response_model=ModelList, tags=["model"], summary="The models served, in the picker's order")
+    def models() -> dict:
+        listed = []
+        for entry in registry.entries.values():
+            info = {"name": entry.name, "title": entry.title, "description": entry.description,
+                    "default": entry.name == registry.default}
+            try:
+                predictor = registry.predictor(entry.name)
+            except BundleError as e:
+                info["error"] = str(e)
+            else:
+                info.update(labels=len(predictor.labels), problem_type="single_label_classification"
+                            if predictor.single_label else "multi_label_classification")
+            listed.append(info)
+        return {"default": registry.default, "models": listed}
+
+    @app.get("/labels", tags=["model"], summary="A model's labels and their tuned thresholds")
+    def labels(model: Annotated[str | None, Query(description=MODEL_FIELD)] = None) -> dict:
+        name, predictor = _model(model)
         per_label = predictor.thresholds_info.get("per_label", {})
-        return {"count": n_labels, "labels": predictor.labels, "global_threshold": predictor.global_threshold,
+        return {"model": name, "count": len(predictor.labels), "labels": predictor.labels,
+                "global_threshold": predictor.global_threshold,
                 "thresholds": {lab: float(t) for lab, t in zip(predictor.labels, predictor.thresholds)},
                 "tuned": sorted(per_label)}
 
-    @app.get("/health", tags=["model"], summary="Model loaded, label count, Redis and workers")
+    @app.get("/health", tags=["model"], summary="The default model, the models served, Redis and workers")
     def health() -> dict:
         redis_info: dict = {"configured": bool(cfg.redis_url), "url": _mask(cfg.redis_url)}
         if cfg.redis_url:
@@ -304,9 +368,12 @@ def create_app(model_dir: str, predictor: Predictor | None = None, **settings) -
                                   workers=Worker.count(connection=connection, queue=queue))
             except HTTPException as e:
                 redis_info.update(reachable=False, error=e.detail)
+        predictor = registry.predictor()
         return {"status": "ok",
-                "model": {"path": str(predictor.model_dir), "labels": n_labels, "max_length": predictor.max_length,
-                          "integrity": predictor.integrity, "fingerprint": fingerprint},
+                "model": {"name": registry.default, "path": str(predictor.model_dir), "labels": len(predictor.labels),
+                          "max_length": predictor.max_length, "integrity": predictor.integrity,
+                          "fingerprint": bundle_fingerprint(predictor.model_dir)},
+                "models": list(registry.entries),
                 "redis": redis_info, "jobs": "enabled" if redis_info.get("reachable") else "unavailable",
                 "limits": {"max_text_chars": MAX_TEXT_CHARS, "max_batch": cfg.max_batch,
                            "max_upload_bytes": cfg.max_upload_bytes, "result_ttl_s": cfg.result_ttl}}
@@ -318,11 +385,13 @@ def create_app(model_dir: str, predictor: Predictor | None = None, **settings) -
         file: Annotated[UploadFile, File(description="CSV or JSON Lines, UTF-8; rows with text or title + abstract")],
         text_field: Annotated[str | None, Form(description="column holding the text (default: text, "
                                                            "else title + abstract)")] = None,
+        model: Annotated[str | None, Form(description=MODEL_FIELD)] = None,
         threshold: Annotated[float | None, Form(ge=0.0, le=1.0)] = None,
         top_k: Annotated[int, Form(ge=0, description="scores kept per row; 0 = all labels")] = 10,
         ttl: Annotated[int | None, Form(ge=1, description="keep the results at most this many seconds "
                                                           "(capped by the server's --result-ttl)")] = None,
     ) -> Response:
+        model_name, predictor = _model(model or None)
         connection = _redis()
         name = file.filename or "upload"
         data = file.file.read(cfg.max_upload_bytes + 1)
@@ -334,11 +403,12 @@ def create_app(model_dir: str, predictor: Predictor | None = None, **settings) -
 
         keep = min(ttl or cfg.result_ttl, cfg.result_ttl)
         job = enqueue_batch_job(make_queue(connection, cfg.queue), data, name, text_field=text_field or None,
-                                threshold=threshold, top_k=min(top_k, n_labels) or None, model=fingerprint,
-                                result_ttl=keep, queue_ttl=cfg.queue_ttl, job_timeout=cfg.job_timeout,
-                                heartbeat=cfg.job_heartbeat)
+                                threshold=threshold, top_k=min(top_k, len(predictor.labels)) or None, model=model_name,
+                                fingerprint=bundle_fingerprint(predictor.model_dir), result_ttl=keep,
+                                queue_ttl=cfg.queue_ttl, job_timeout=cfg.job_timeout, heartbeat=cfg.job_heartbeat)
         location = f"/jobs/{job.id}"
-        return JSONResponse({"id": job.id, "status": "queued", "location": location, "result_ttl_s": keep},
+        return JSONResponse({"id": job.id, "status": "queued", "model": model_name, "location": location,
+                             "result_ttl_s": keep},
                             status_code=202, headers={"Location": location, "Retry-After": str(cfg.poll_after)})
 
     @app.get("/jobs/{job_id}", tags=["jobs"], summary="A job's status, or its results when done",
@@ -393,10 +463,9 @@ def _queue(connection, name: str):
 
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **settings) -> None:
-    """`papertasks serve`: load the bundle (refusing a bad one), then run uvicorn."""
+    """`papertasks serve`: load the default model (refusing a bad bundle), then run uvicorn."""
     import uvicorn
 
-    from deployment.predictor import BundleError
     from papertasks.errors import UserError
 
     for key in ("result_ttl", "queue_ttl", "job_timeout", "max_batch", "max_upload_bytes", "job_heartbeat"):
@@ -407,9 +476,6 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: 
         app = create_app(model_dir, **settings)
     except BundleError as e:
         raise UserError(str(e)) from None
-    predictor = app.state.predictor
-    if predictor.integrity.startswith("unchecked"):
-        log.warning("%s: %s; file integrity not checked", model_dir, predictor.integrity.split(": ", 1)[1])
     cfg = app.state.settings
     if cfg.redis_url:
         try:
@@ -418,6 +484,6 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: 
             redis_connection(cfg.redis_url, timeout=1.0).ping()
         except Exception as e:
             log.warning("cannot reach Redis at %s (%s): /jobs answers 503 until it is up", _mask(cfg.redis_url), e)
-    log.info("serving %s (%d labels, %s) on http://%s:%d  (docs: /docs)", model_dir, len(predictor.labels),
-             predictor.integrity, host, port)
+    log.info("serving %s from %s on http://%s:%d  (docs: /docs)", ", ".join(app.state.registry.entries), model_dir,
+             host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -12,7 +12,7 @@ import sys
 
 from papertasks.errors import UserError
 from scrapers.cli import register as register_scrape
-from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, DEFAULT_LABELS_JSON
+from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, DEFAULT_MODELS_DIR, labels_json_for
 from deployment.truncation import STRATEGIES
 from papertasks.data import PROBLEMS
 
@@ -21,8 +21,10 @@ the pipeline, end to end:
   papertasks prepare ../shared/data/arxiv_cs.jsonl.gz --out data/arxiv --min-count 50 \\
       --split-by listing_date --test-from 2026-03-01
   papertasks train --data data/arxiv --out models/arxiv
-  papertasks export --model models/arxiv --data data/arxiv --out deployment/model
-  papertasks evaluate --model deployment/model --data data/arxiv --out reports/arxiv
+  papertasks export --model models/arxiv --data data/arxiv --out deployment/models/arxiv
+  papertasks evaluate --model deployment/models/arxiv --data data/arxiv --out reports/arxiv
+  papertasks baseline --data data/arxiv --out reports/tfidf_arxiv
+  papertasks compare reports/arxiv reports/tfidf_arxiv --out reports/compare_arxiv
   papertasks predict papers.jsonl -o predictions.jsonl
   papertasks app
   papertasks serve --redis-url redis://127.0.0.1:6379/0     # REST API; and, for /jobs:
@@ -34,6 +36,7 @@ def _prepare(args):
     from papertasks.data import PrepareConfig, prepare
 
     cfg = PrepareConfig(**{k: v for k, v in vars(args).items() if k in PrepareConfig.__dataclass_fields__})
+    cfg.labels_json = cfg.labels_json or labels_json_for(args.out)
     prepare(cfg)
 
 
@@ -41,7 +44,12 @@ def _train(args):
     from papertasks.train import TrainConfig, train
 
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
-    train(cfg)
+    if args.folds:
+        from papertasks.train import cross_validate_training
+
+        cross_validate_training(cfg, args.folds)
+    else:
+        train(cfg)
 
 
 def _evaluate(args):
@@ -49,13 +57,21 @@ def _evaluate(args):
 
     evaluate_bundle(args.model, args.data, args.out, batch_size=args.batch_size,
                     min_positives=args.min_positives, update_bundle=not args.no_update,
-                    labels_json=args.labels_json)
+                    labels_json=args.labels_json or labels_json_for(args.data))
 
 
 def _baseline(args):
-    from papertasks.baseline import run_tfidf_baseline
+    from papertasks.baseline import run_baseline
 
-    run_tfidf_baseline(args.data, args.out, max_features=args.max_features, min_positives=args.min_positives)
+    run_baseline(args.data, args.out, args.model, max_train=args.max_train, folds=args.folds,
+                 base_model=args.base_model, max_features=args.max_features, min_positives=args.min_positives,
+                 seed=args.seed)
+
+
+def _compare(args):
+    from papertasks.compare import compare_reports
+
+    compare_reports(args.reports, out=args.out)
 
 
 def _export(args):
@@ -131,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep arXiv cross-listed aliases (eess.SY / cs.SY, ...) as separate labels")
     p.add_argument("--problem", default="auto", choices=("auto",) + PROBLEMS,
                    help="auto: multi-class (binary with 2 labels) when every row has one label, else multi-label")
-    p.add_argument("--labels-json", default=DEFAULT_LABELS_JSON, help="where to write label -> index")
+    p.add_argument("--labels-json", default=None,
+                   help="where else to write label -> index (default: json_files/<name of --out>/labels.json)")
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=_prepare)
 
@@ -160,13 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-valid", type=int, default=None, help="use at most this many validation rows")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--folds", type=int, default=0,
+                   help="K >= 2: K-fold cross-validation on train + valid (one model per fold; mean and std per "
+                        "metric in --out/cv.md) instead of training one model; 0: off")
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="ONNX export, int8 quantization, parity check, deployment bundle",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="folder written by `train`")
-    p.add_argument("--out", default=DEFAULT_BUNDLE, help="bundle folder (the Space serves deployment/model)")
+    p.add_argument("--out", default=DEFAULT_BUNDLE, help="bundle folder (the Space serves those listed in deployment/models/models.json)")
     p.add_argument("--data", default=None, help="prepared data folder: parity texts come from its validation split")
     p.add_argument("--parity-texts", type=int, default=64)
     p.add_argument("--max-prob-diff", type=float, default=0.15, help="fail if int8 and torch differ more than this")
@@ -184,17 +204,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-positives", type=int, default=10,
                    help="labels with fewer validation positives use the global threshold")
     p.add_argument("--no-update", action="store_true", help="do not write thresholds and metrics into the bundle")
-    p.add_argument("--labels-json", default=DEFAULT_LABELS_JSON,
-                   help="thresholds.json is written beside this vocabulary")
+    p.add_argument("--labels-json", default=None,
+                   help="thresholds.json is written beside this vocabulary (default: json_files/<name of --data>/)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("baseline", help="TF-IDF + one-vs-rest logistic regression on the same split and metrics",
+    p = sub.add_parser("baseline", help="TF-IDF or frozen-embedding + logistic regression, same split and metrics",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--max-features", type=int, default=100_000)
-    p.add_argument("--min-positives", type=int, default=10)
+    p.add_argument("--data", required=True, help="folder written by `prepare`")
+    p.add_argument("--out", required=True, help="report folder: metrics.json, report.md, plots (cv.json, cv.md)")
+    p.add_argument("--model", default="tfidf", choices=("tfidf", "embeddings"),
+                   help="tfidf: TF-IDF words + bigrams; embeddings: the base model's mean-pooled sentence embeddings "
+                        "(cached in <data>/embeddings/)")
+    p.add_argument("--base-model", default=None,
+                   help="--model embeddings: hub id or local folder (default: the offline all-MiniLM-L6-v2)")
+    p.add_argument("--max-features", type=int, default=100_000, help="--model tfidf: vocabulary size")
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training rows (seeded sample)")
+    p.add_argument("--folds", type=int, default=0,
+                   help="K >= 2: K-fold cross-validation on train + valid (mean and std per metric) "
+                        "instead of the test split; 0: off")
+    p.add_argument("--min-positives", type=int, default=10,
+                   help="labels with fewer validation positives use the global threshold (multi-label)")
+    p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=_baseline)
+
+    p = sub.add_parser("compare", help="reports of evaluate / baseline side by side, with the first one's lead",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       epilog="example: papertasks compare reports/arxiv reports/tfidf_arxiv reports/embeddings_arxiv "
+                              "--out reports/compare_arxiv")
+    p.add_argument("reports", nargs="+", help="report folders (each with metrics.json), the model first")
+    p.add_argument("--out", default=None, help="also write compare.md and compare.json here")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("predict", help="batch prediction: JSONL/CSV in, JSONL out (id, labels, scores)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -221,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="the Gradio app (same as `python deployment/app.py`)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_BUNDLE)
+    p.add_argument("--model", default=DEFAULT_MODELS_DIR,
+                   help="a folder with models.json (every model it lists, with a picker) or one bundle folder")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true")
@@ -230,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     redis_default = os.environ.get("PAPERTASKS_REDIS_URL")
     p = sub.add_parser("serve", help="REST API (FastAPI + uvicorn): /predict, /predict/batch, /jobs, /docs",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_BUNDLE, help="bundle folder")
+    p.add_argument("--model", default=DEFAULT_MODELS_DIR,
+                   help="a folder with models.json (requests pick a model by name) or one bundle folder")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--redis-url", default=redis_default,
@@ -251,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--redis-url", default=redis_default, help="the server's Redis (default: $PAPERTASKS_REDIS_URL)")
     p.add_argument("--queue", nargs="+", default=["papertasks"], help="queues to take jobs from")
-    p.add_argument("--model", default=DEFAULT_BUNDLE, help="bundle folder: the same bundle as the server's")
+    p.add_argument("--model", default=DEFAULT_MODELS_DIR, help="the same --model as the server's")
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     p.add_argument("--name", default=None, help="worker name (default: RQ picks a unique one)")
     p.set_defaults(func=_worker)

@@ -58,7 +58,7 @@ class PrepareConfig:
     max_rows: int | None = None
     fold_aliases: bool = True
     problem: str = "auto"  # or one of PROBLEMS
-    labels_json: str | None = None  # the CLI passes json_files/labels.json
+    labels_json: str | None = None  # the CLI passes json_files/<name>/labels.json
     seed: int = 42
 
 

@@ -2,7 +2,12 @@
 
 Probabilities come from `deployment.predictor.Predictor`, the same code the app and `predict` run,
 so the numbers describe the int8 bundle that is served. The metric and threshold functions take
-plain probability matrices, so the TF-IDF baseline is measured by exactly the same code.
+plain probability matrices, so the baselines are measured by exactly the same code.
+
+Multi-label data (and sigmoid bundles) get thresholds tuned on validation and F1 / P@k / ROC-AUC.
+Single-label data (multi-class or binary, as `prepare` recorded it; for a bundle, a softmax one)
+predicts the top class, so nothing is tuned: accuracy, macro- and weighted-F1, top-3 accuracy,
+ROC-AUC and a confusion matrix.
 """
 from __future__ import annotations
 
@@ -10,15 +15,18 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
+                             roc_auc_score, top_k_accuracy_score)
 
-from papertasks.data import label_matrix, read_split
+from papertasks.data import label_matrix, read_problem, read_split
 from papertasks.errors import UserError
 from papertasks.io import atomic_path, read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
+# What a single-label bundle's thresholds.json says: the predictor picks the top class, whatever its score.
+TOP_CLASS_THRESHOLDS = {"global": 0.0, "per_label": {}, "note": "single-label: the top class is predicted"}
 
 
 def tune_thresholds(y: np.ndarray, probs: np.ndarray, labels: list[str], min_positives: int) -> dict:
@@ -66,12 +74,46 @@ def compute_metrics(y: np.ndarray, probs: np.ndarray, cut: np.ndarray, labels: l
     }
 
 
-def evaluate_probs(name: str, labels: list[str], y_valid, p_valid, y_test, p_test, min_positives: int) -> dict:
-    """Thresholds from validation; test metrics with per-label, global and 0.5 thresholds."""
-    thresholds = tune_thresholds(y_valid, p_valid, labels, min_positives)
+def single_label_metrics(y: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict:
+    """Metrics of the top class. `y` is one-hot. Macro averages run over the classes present in `y`
+    (as the multi-label macro-F1 does), so a class missing from the test set does not count as 0;
+    predicting it is still an error for the true class. Top-3 accuracy only when there are more
+    than 3 classes; ROC-AUC of the second class for two, else macro one-vs-rest."""
     n = len(labels)
+    true, pred = y.argmax(axis=1), probs.argmax(axis=1)
+    present = np.flatnonzero(y.sum(axis=0) > 0)
+    both = (y.sum(axis=0) > 0) & (y.sum(axis=0) < len(y))
+    if n == 2:
+        auc = float(roc_auc_score(y[:, 1], probs[:, 1])) if both[1] else None
+    else:
+        auc = float(roc_auc_score(y[:, both], probs[:, both], average="macro")) if both.any() else None
+    p, r, f, support = precision_recall_fscore_support(true, pred, labels=np.arange(n), zero_division=0)
     return {
-        "model": name, "labels": n, "valid_rows": len(y_valid), "test_rows": len(y_test),
+        "accuracy": float(accuracy_score(true, pred)),
+        "f1_macro": float(f1_score(true, pred, labels=present, average="macro", zero_division=0)),
+        "f1_weighted": float(f1_score(true, pred, labels=present, average="weighted", zero_division=0)),
+        "top3_accuracy": (float(top_k_accuracy_score(true, probs, k=3, labels=np.arange(n))) if n > 3 else None),
+        "roc_auc": auc,
+        "labels_in_macro": int(len(present)),
+        "confusion_matrix": confusion_matrix(true, pred, labels=np.arange(n)).tolist(),
+        "per_label": {lab: {"precision": float(p[j]), "recall": float(r[j]), "f1": float(f[j]), "support": int(support[j])}
+                      for j, lab in enumerate(labels)},
+    }
+
+
+def evaluate_probs(name: str, labels: list[str], y_valid, p_valid, y_test, p_test, min_positives: int,
+                   problem: str = "multi-label") -> dict:
+    """Multi-label: thresholds from validation; test metrics with per-label, global and 0.5 thresholds.
+    Single-label (multi-class, binary): the top class on validation and test, nothing tuned."""
+    n = len(labels)
+    if problem != "multi-label":
+        return {"model": name, "problem": problem, "labels": n, "valid_rows": len(y_valid), "test_rows": len(y_test),
+                "thresholds": TOP_CLASS_THRESHOLDS,
+                "valid": _summary(single_label_metrics(y_valid, p_valid, labels)),
+                "test": single_label_metrics(y_test, p_test, labels)}
+    thresholds = tune_thresholds(y_valid, p_valid, labels, min_positives)
+    return {
+        "model": name, "problem": problem, "labels": n, "valid_rows": len(y_valid), "test_rows": len(y_test),
         "thresholds": thresholds,
         "test": compute_metrics(y_test, p_test, threshold_vector(thresholds, labels), labels),
         "test_global_threshold": _summary(compute_metrics(y_test, p_test, np.full(n, thresholds["global"]), labels)),
@@ -80,7 +122,7 @@ def evaluate_probs(name: str, labels: list[str], y_valid, p_valid, y_test, p_tes
 
 
 def _summary(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "per_label"}
+    return {k: v for k, v in metrics.items() if k not in ("per_label", "confusion_matrix")}
 
 
 def load_eval_data(data_dir, labels: list[str]):
@@ -104,18 +146,20 @@ def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_p
     except BundleError as e:
         raise UserError(str(e)) from None
     labels = predictor.labels
+    problem = evaluation_problem(predictor.single_label, read_problem(data), model, data)
     x_valid, y_valid, x_test, y_test = load_eval_data(data, labels)
-    log.info("scoring %d validation and %d test texts with %s", len(x_valid), len(x_test), model)
+    log.info("%s: scoring %d validation and %d test texts with %s", problem, len(x_valid), len(x_test), model)
     p_valid = _scored(predictor, x_valid, batch_size, "valid")
     p_test = _scored(predictor, x_test, batch_size, "test")
     report = evaluate_probs(f"fine-tuned ({Path(model).name}, ONNX)", labels, y_valid, p_valid, y_test, p_test,
-                            min_positives)
+                            min_positives, problem)
     write_report(report, Path(out), p_test, y_test, labels)
     if update_bundle:
         bundle = Path(model)
         write_json(bundle / "thresholds.json", report["thresholds"])
-        write_json(bundle / "metrics.json", {k: report[k] for k in ("model", "labels", "valid_rows", "test_rows")}
-                   | {"test": _summary(report["test"]), "test_global_threshold": report["test_global_threshold"]})
+        write_json(bundle / "metrics.json",
+                   {k: report[k] for k in ("model", "problem", "labels", "valid_rows", "test_rows")}
+                   | {k: _summary(report[k]) for k in ("test", "test_global_threshold") if k in report})
         if labels_json:
             write_json(Path(labels_json).with_name("thresholds.json"), report["thresholds"])
         from export.model_card import write_model_card
@@ -127,6 +171,22 @@ def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_p
     return report
 
 
+def evaluation_problem(single_label_model: bool, data_problem: str, model, data) -> str:
+    """The bundle decides: a softmax bundle is judged by its top class (multi-class or binary, as the
+    data says), a sigmoid bundle by its thresholds, which are tuned and written back even on
+    single-label data (it was trained with --problem multi-label; top-class thresholds would make
+    it predict every label)."""
+    if not single_label_model:
+        if data_problem != "multi-label":
+            log.info("%s is %s but %s scores each label with a sigmoid: evaluated as multi-label", data,
+                     data_problem, model)
+        return "multi-label"
+    if data_problem == "multi-label":
+        raise UserError(f"{model} is a single-label model (one class per paper) but {data} is multi-label; "
+                        "evaluate it on the single-label data it was trained for")
+    return data_problem
+
+
 def _scored(predictor, texts, batch_size, name):
     from tqdm.auto import tqdm
 
@@ -136,28 +196,54 @@ def _scored(predictor, texts, batch_size, name):
         np.zeros((0, len(predictor.labels)))
 
 
+def is_single_label(report: dict) -> bool:
+    return report.get("problem", "multi-label") != "multi-label"
+
+
 def write_report(report: dict, out: Path, p_test: np.ndarray, y_test: np.ndarray, labels: list[str]) -> None:
-    """metrics.json, report.md (headline + per-label table) and two plots."""
+    """metrics.json, report.md (headline + per-label table) and plots: per-label F1 with the
+    precision-recall curve (multi-label) or the confusion matrix (single-label)."""
     write_json(out / "metrics.json", report)
     _plot_per_label(report["test"]["per_label"], out / "per_label_f1.png")
-    _plot_pr(y_test, p_test, out / "precision_recall.png")
+    t = report["test"]
+    if is_single_label(report):
+        _plot_confusion(np.array(t["confusion_matrix"]), labels, out / "confusion_matrix.png")
+        log.info("test: accuracy %.3f, macro-F1 %.3f, weighted-F1 %.3f; report in %s", t["accuracy"], t["f1_macro"],
+                 t["f1_weighted"], out)
+    else:
+        _plot_pr(y_test, p_test, out / "precision_recall.png")
+        log.info("test: micro-F1 %.3f, macro-F1 %.3f, P@1 %.3f; report in %s", t["f1_micro"], t["f1_macro"],
+                 t["precision_at_1"], out)
     write_text(out / "report.md", render_report(report))
-    log.info("test: micro-F1 %.3f, macro-F1 %.3f, P@1 %.3f; report in %s", report["test"]["f1_micro"],
-             report["test"]["f1_macro"], report["test"]["precision_at_1"], out)
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if value is not None else "n/a"
 
 
 def headline_row(report: dict) -> str:
+    """One row under `headline_header(report)`: the test metrics of the report's problem."""
     t = report["test"]
-    auc = lambda v: f"{v:.3f}" if v is not None else "n/a"  # noqa: E731
+    if is_single_label(report):
+        return (f"| {report['model']} | {t['accuracy']:.3f} | {t['f1_macro']:.3f} | {t['f1_weighted']:.3f} | "
+                f"{_fmt(t['top3_accuracy'])} | {_fmt(t['roc_auc'])} |")
     return (f"| {report['model']} | {t['f1_micro']:.3f} | {t['f1_macro']:.3f} | {t['f1_samples']:.3f} | "
-            f"{t['precision_at_1']:.3f} | {t['precision_at_3']:.3f} | {auc(t['roc_auc_micro'])} | {auc(t['roc_auc_macro'])} |")
+            f"{t['precision_at_1']:.3f} | {t['precision_at_3']:.3f} | {_fmt(t['roc_auc_micro'])} | {_fmt(t['roc_auc_macro'])} |")
 
 
 HEADLINE_HEADER = ("| model | micro-F1 | macro-F1 | samples-F1 | P@1 | P@3 | ROC-AUC micro | ROC-AUC macro |\n"
                    "|---|---:|---:|---:|---:|---:|---:|---:|")
+SINGLE_LABEL_HEADER = ("| model | accuracy | macro-F1 | weighted-F1 | top-3 accuracy | ROC-AUC |\n"
+                       "|---|---:|---:|---:|---:|---:|")
+
+
+def headline_header(report: dict) -> str:
+    return SINGLE_LABEL_HEADER if is_single_label(report) else HEADLINE_HEADER
 
 
 def render_report(report: dict) -> str:
+    if is_single_label(report):
+        return _render_single_label(report)
     th = report["thresholds"]
     lines = [f"# Evaluation: {report['model']}", "",
              f"{report['labels']} labels; thresholds tuned on {report['valid_rows']} validation papers "
@@ -171,6 +257,20 @@ def render_report(report: dict) -> str:
     rows = sorted(report["test"]["per_label"].items(), key=lambda kv: -kv[1]["support"])
     lines += [f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} | {m['threshold']:.2f} |"
               for lab, m in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _render_single_label(report: dict) -> str:
+    t, v = report["test"], report["valid"]
+    lines = [f"# Evaluation: {report['model']}", "",
+             f"{report['problem']}, {report['labels']} classes; the top class is predicted (no thresholds); "
+             f"measured on {report['test_rows']} test papers (macro averages over the {t['labels_in_macro']} "
+             "classes present there).", "", SINGLE_LABEL_HEADER, headline_row(report), "",
+             f"Validation ({report['valid_rows']} papers): accuracy {v['accuracy']:.3f}, macro-F1 {v['f1_macro']:.3f}.",
+             "", "![per-class F1](per_label_f1.png) ![confusion matrix](confusion_matrix.png)", "",
+             "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    rows = sorted(t["per_label"].items(), key=lambda kv: -kv[1]["support"])
+    lines += [f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |" for lab, m in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -206,5 +306,25 @@ def _plot_pr(y: np.ndarray, probs: np.ndarray, path: Path) -> None:
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_title("Micro precision-recall (test)")
+    fig.tight_layout()
+    _save_fig(fig, path)
+
+
+def _plot_confusion(counts: np.ndarray, labels: list[str], path: Path) -> None:
+    """Rows are the true classes, normalized to sum to 1, so rare classes read as clearly as common ones."""
+    from matplotlib.figure import Figure
+
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    size = max(5.0, 0.3 * len(labels) + 2)
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (test, share of each true class)")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     _save_fig(fig, path)

@@ -2,9 +2,10 @@
 
 The API (`papertasks serve --redis-url ...`) stores an uploaded CSV/JSONL file in Redis and enqueues
 `run_batch_job`; workers (`papertasks worker --redis-url ...`, any number, on any machine that has
-the same model bundle and can reach Redis) take jobs off the queue, read the whole file with the
-same checks as the app (deployment.inputs), score it in chunks with the served Predictor, record
-progress in `job.meta`, and return the results, which RQ keeps for the job's result TTL.
+the same model bundles and can reach Redis) take jobs off the queue, read the whole file with the
+same checks as the app (deployment.inputs), score it in chunks with the Predictor of the model the
+job names, record progress in `job.meta`, and return the results, which RQ keeps for the job's
+result TTL. A job stamped with another bundle's fingerprint than the worker's is refused.
 
 A worker that dies mid-job (SIGKILL, OOM, machine lost) cannot report anything, so each running job
 refreshes a heartbeat key every `heartbeat` seconds; `job_state` (used by GET /jobs/{id}) marks a
@@ -29,24 +30,24 @@ CHUNK_ROWS = int(os.environ.get("PAPERTASKS_JOB_CHUNK_ROWS", "64"))
 # Test hook: seconds to sleep after each chunk, so a test can kill a worker mid-job deterministically.
 CHUNK_DELAY_ENV = "PAPERTASKS_TEST_CHUNK_DELAY"
 
-_predictor = None  # the worker's Predictor, loaded once per worker process
+_registry = None  # the worker's models, each loaded on its first job and kept for the worker's life
 
 
-def set_predictor(predictor) -> None:
-    global _predictor
-    _predictor = predictor
+def set_registry(registry) -> None:
+    global _registry
+    _registry = registry
 
 
-def get_predictor():
-    """The worker's Predictor: set by `papertasks worker`, else loaded from $PAPERTASKS_MODEL or the
-    default bundle (for workers started with plain `rq worker`)."""
-    global _predictor
-    if _predictor is None:
-        from deployment.predictor import Predictor
-        from papertasks.paths import DEFAULT_BUNDLE
+def get_registry():
+    """The worker's models: set by `papertasks worker`, else read from $PAPERTASKS_MODEL (a folder with
+    models.json or one bundle) or deployment/models (for workers started with plain `rq worker`)."""
+    global _registry
+    if _registry is None:
+        from deployment.registry import Registry
+        from papertasks.paths import DEFAULT_MODELS_DIR
 
-        _predictor = Predictor(os.environ.get("PAPERTASKS_MODEL", DEFAULT_BUNDLE))
-    return _predictor
+        _registry = Registry.from_path(os.environ.get("PAPERTASKS_MODEL", DEFAULT_MODELS_DIR))
+    return _registry
 
 
 def redis_connection(url: str, timeout: float = 2.0):
@@ -98,13 +99,15 @@ def _fail(job, kind: str, message: str, status: int) -> None:
 
 
 def run_batch_job(filename: str, text_field: str | None = None, threshold: float | None = None,
-                  top_k: int | None = None, model: str | None = None, heartbeat: float = 5.0,
-                  ttl: int = 3600) -> dict:
-    """Score the uploaded file stored under UPLOAD_KEY; runs inside an RQ worker."""
+                  top_k: int | None = None, model: str | None = None, fingerprint: str | None = None,
+                  heartbeat: float = 5.0, ttl: int = 3600) -> dict:
+    """Score the uploaded file stored under UPLOAD_KEY with `model` (a registry name; None: the
+    default) whose bundle must have `fingerprint`; runs inside an RQ worker."""
     from rq import get_current_job
 
     from deployment.inputs import InputError, predict_rows, read_batch_file
     from deployment.manifest import bundle_fingerprint
+    from deployment.registry import UnknownModelError
 
     job = get_current_job()
     connection = job.connection
@@ -117,11 +120,18 @@ def run_batch_job(filename: str, text_field: str | None = None, threshold: float
         data = connection.get(UPLOAD_KEY.format(job.id))
         if data is None:
             raise InputError("the uploaded file expired before a worker took the job; upload it again", status=410)
-        predictor = get_predictor()
-        mine = bundle_fingerprint(predictor.model_dir)
-        if model and mine and model != mine:
-            _fail(job, "model_mismatch", f"this worker serves another model bundle ({mine}) than the API ({model}); "
+        registry = get_registry()
+        try:
+            entry = registry.entry(model)
+        except UnknownModelError as e:
+            _fail(job, "model_mismatch", f"this worker cannot score with the model the job names: {e}; "
                   "start workers with the same --model as the server", 500)
+            raise
+        predictor = registry.predictor(entry.name)
+        mine = bundle_fingerprint(predictor.model_dir)
+        if fingerprint and mine and fingerprint != mine:
+            _fail(job, "model_mismatch", f"this worker serves another {entry.name} bundle ({mine}) than the API "
+                  f"({fingerprint}); start workers with the same --model as the server", 500)
             raise RuntimeError("model bundle mismatch")
         rows = read_batch_file(data, filename, text_field=text_field)
         delay = float(os.environ.get(CHUNK_DELAY_ENV, "0") or 0)
@@ -135,7 +145,8 @@ def run_batch_job(filename: str, text_field: str | None = None, threshold: float
         progress(0, len(rows))
         results = predict_rows(predictor, rows, threshold=threshold, top_k=top_k, chunk_rows=CHUNK_ROWS,
                                progress=progress)
-        return {"count": len(results), "errors": sum("error" in r for r in results), "results": results}
+        return {"model": entry.name, "count": len(results), "errors": sum("error" in r for r in results),
+                "results": results}
     except InputError as e:
         _fail(job, "bad_input", str(e), e.status)
         raise
@@ -153,15 +164,16 @@ def run_batch_job(filename: str, text_field: str | None = None, threshold: float
 
 
 def enqueue_batch_job(queue, data: bytes, filename: str, *, text_field: str | None, threshold: float | None,
-                      top_k: int | None, model: str | None, result_ttl: int, queue_ttl: int, job_timeout: int,
-                      heartbeat: float):
+                      top_k: int | None, model: str | None, fingerprint: str | None, result_ttl: int, queue_ttl: int,
+                      job_timeout: int, heartbeat: float):
     """Store the upload, then enqueue the job (the upload expires with the queued job)."""
     import uuid
 
     job_id = uuid.uuid4().hex
     queue.connection.set(UPLOAD_KEY.format(job_id), data, ex=queue_ttl + job_timeout)
     return queue.enqueue_call(JOB_FUNC, kwargs=dict(filename=filename, text_field=text_field, threshold=threshold,
-                                                    top_k=top_k, model=model, heartbeat=heartbeat, ttl=result_ttl),
+                                                    top_k=top_k, model=model, fingerprint=fingerprint,
+                                                    heartbeat=heartbeat, ttl=result_ttl),
                               job_id=job_id, timeout=job_timeout, result_ttl=result_ttl, failure_ttl=result_ttl,
                               ttl=queue_ttl, meta={"progress": {"done": 0, "total": None}})
 
@@ -233,30 +245,32 @@ def mark_lost(job, meta: dict) -> None:
 
 
 def run_worker(redis_url: str, queues: list[str], model_dir: str, burst: bool = False, name: str | None = None) -> None:
-    """`papertasks worker`: load the bundle once, then take jobs in this process (RQ SimpleWorker:
-    no fork per job, the model stays loaded; a killed worker loses only its current job)."""
+    """`papertasks worker`: load the models (`model_dir`: a folder with models.json, or one bundle),
+    then take jobs in this process (RQ SimpleWorker: no fork per job, the models stay loaded; a
+    killed worker loses only its current job). The default model loads now, so a bad bundle stops
+    the worker; the others load on their first job."""
     from redis.exceptions import RedisError
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
-    from deployment.predictor import BundleError, Predictor
+    from deployment.predictor import BundleError
+    from deployment.registry import Registry
     from papertasks.errors import UserError
 
     try:
-        predictor = Predictor(model_dir)
+        registry = Registry.from_path(model_dir)
+        registry.predictor()
     except BundleError as e:
         raise UserError(str(e)) from None
-    if predictor.integrity.startswith("unchecked"):
-        log.warning("%s: %s; file integrity not checked", model_dir, predictor.integrity.split(": ", 1)[1])
-    set_predictor(predictor)
+    set_registry(registry)
     connection = redis_connection(redis_url)
     try:
         connection.ping()
     except RedisError as e:
         raise UserError(f"cannot reach Redis at {redis_url} ({e}); start it with `redis-server` "
                         "or pass --redis-url") from None
-    log.info("worker on %s, queues %s, model %s (%d labels, %s)", redis_url, ", ".join(queues), model_dir,
-             len(predictor.labels), predictor.integrity)
+    log.info("worker on %s, queues %s, models %s from %s", redis_url, ", ".join(queues), ", ".join(registry.entries),
+             model_dir)
     worker = SimpleWorker([make_queue(connection, q) for q in queues], connection=connection,
                           serializer=JSONSerializer, name=name)
     worker.work(burst=burst, with_scheduler=False)

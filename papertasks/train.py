@@ -4,7 +4,8 @@ Schedule (ULMFiT-style, as in the original notebooks): `--frozen-epochs` of one-
 only the head trainable at 10x `--lr`, then `--epochs` with everything unfrozen and discriminative
 learning rates (embeddings lr/10 ... head lr). After every epoch the model and optimizer are saved
 to `<out>/checkpoints/last.pth` with a small state file, so `--resume` continues from there; the
-epoch with the lowest validation loss is kept and written in Hugging Face format.
+epoch with the lowest validation loss is kept and written in Hugging Face format. With `--folds K`
+it trains K models instead, one per fold of train + valid, and reports their mean and spread.
 
 The problem comes from the data (`prepare` records multi-label, multi-class or binary): sigmoids
 and BCE for multi-label, a softmax and cross-entropy for single-label. Imbalance options, each
@@ -23,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from papertasks.data import PROBLEMS, detect_problem, label_matrix, read_labels, read_problem, read_split
+from papertasks.data import PROBLEMS, detect_problem, label_matrix, read_labels, read_problem, read_split, write_jsonl
 from papertasks.errors import UserError
 from papertasks.io import read_json, write_json
-from papertasks.paths import offline_base_model
+from papertasks.paths import OFFLINE_BASE_NAME, offline_base_model
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,40 @@ def train(cfg: TrainConfig) -> Path:
     save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out, problem)
     log.info("best epoch %s (valid loss %.4f); model saved to %s", state["best"], state["best_valid_loss"], out)
     return out
+
+
+def cross_validate_training(cfg: TrainConfig, folds: int) -> dict:
+    """`train --folds K`: K-fold cross-validation of the fine-tune over train + valid (papertasks.kfold).
+    Each fold trains a fresh model on its fit rows, a tenth of them held back to pick the epoch (the
+    held-out fold stays unseen), and scores the held-out rows with it in torch, on the windows the
+    predictor builds. The fold models are thrown away; cv.json and cv.md go to --out."""
+    import tempfile
+    from dataclasses import replace
+
+    from export.onnx_export import load_trained, torch_probs
+    from papertasks.kfold import cross_validate
+
+    if cfg.resume:
+        raise UserError("--resume continues one training run; it does not apply to --folds")
+    labels = read_labels(cfg.data)
+    problem = cfg.problem or read_problem(cfg.data)
+
+    def fit_predict(fit_df, heldout_df) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="papertasks-fold-") as tmp:
+            data = Path(tmp) / "data"
+            fit = fit_df.sample(frac=1.0, random_state=cfg.seed)
+            n_pick = max(1, len(fit) // 10)
+            write_jsonl(data / "train.jsonl", fit.iloc[n_pick:])
+            write_jsonl(data / "valid.jsonl", fit.iloc[:n_pick])
+            write_json(data / "labels.json", {lab: i for i, lab in enumerate(labels)})
+            write_json(data / "report.json", {"problem": problem})
+            model_dir = train(replace(cfg, data=str(data), out=str(Path(tmp) / "model"), problem=problem,
+                                      max_train=None, max_valid=None))
+            model, tokenizer, _ = load_trained(model_dir)
+            return torch_probs(model, tokenizer, heldout_df["text"].tolist(), cfg.max_length, cfg.truncation)
+
+    name = f"fine-tuned {Path(cfg.base_model or OFFLINE_BASE_NAME).name}"
+    return cross_validate(cfg.data, fit_predict, folds, name, max_train=cfg.max_train, seed=cfg.seed, out=cfg.out)
 
 
 def save_trained(hf_model, tokenizer, labels, cfg: TrainConfig, state: dict, out: Path, problem: str) -> None:

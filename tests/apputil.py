@@ -1,12 +1,17 @@
-"""Start the Gradio app as a real server process on a free loopback port, for tests."""
+"""Start the Gradio app as a real server process on a free loopback port, and lay out model
+registries like deployment/models, for tests."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
+
+SHIPPED_REGISTRY = Path(__file__).resolve().parents[1] / "deployment" / "models" / "models.json"
 
 
 def free_port() -> int:
@@ -40,3 +45,17 @@ def running_app(command: list[str], port: int, timeout: float = 120):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def models_folder(folder: Path, **bundles: Path | None) -> Path:
+    """A folder laid out like deployment/models: each bundle linked in under its name, and models.json
+    listing them in the order given, titled as in the shipped one. A None bundle is listed but absent."""
+    shipped = json.loads(SHIPPED_REGISTRY.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, bundle in bundles.items():
+        if bundle is not None:
+            (folder / name).symlink_to(bundle, target_is_directory=True)
+    listing = {name: shipped.get(name, {"title": f"{name} model", "description": f"Tags papers with {name}."})
+               for name in bundles}
+    (folder / "models.json").write_text(json.dumps(listing, indent=2))
+    return folder

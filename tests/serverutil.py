@@ -83,11 +83,11 @@ def api_server(model: Path, log_dir: Path, *args: str, timeout: float = 90):
 
 
 @contextlib.contextmanager
-def worker(model: Path, redis_url: str, log_dir: Path, env: dict | None = None, name: str = "worker"):
-    """`papertasks worker`; yields the Process once it listens on the queue."""
+def worker(model: Path, redis_url: str, log_dir: Path, *args: str, env: dict | None = None, name: str = "worker"):
+    """`papertasks worker ARGS`; yields the Process once it listens on the queue."""
     log = log_dir / f"{name}-{time.time_ns()}.log"
     proc = Process([sys.executable, "-m", "papertasks.cli", "worker", "--model", str(model),
-                    "--redis-url", redis_url], log, env=env)
+                    "--redis-url", redis_url, *args], log, env=env)
     try:
         def listening():
             if not proc.alive():

@@ -1,6 +1,6 @@
 """The REST API as a user meets it: `papertasks serve` in its own process on 127.0.0.1, no Redis
-(the sync endpoints must not need it), every endpoint, every bad input, bundle integrity, and a
-short run of the load test."""
+(the sync endpoints must not need it), every endpoint, every bad input, bundle integrity, a registry
+of a multi-label and a single-label model, and a short run of the load test."""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,11 @@ import sys
 import httpx
 import pytest
 
-from apputil import free_port
+from apputil import free_port, models_folder
 from conftest import REPO, assert_clean_error, run_cli
 from deployment.manifest import read_manifest
 from deployment.predictor import BundleError, Predictor, compose_text
+from deployment.registry import TOP_CLASSES
 from serverutil import api_server
 
 EXAMPLES = [ex["text"] for ex in json.loads((REPO / "deployment" / "examples.json").read_text())]
@@ -279,3 +280,94 @@ def test_batch_file_reader_edge_cases():
         with pytest.raises(InputError, match=re.escape(fragment)) as error:
             read_batch_file(data, name, max_rows=10)
         assert error.value.status == status, (name, str(error.value))
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_bundle, tiny_pwc_bundle, tmp_path_factory):
+    """A registry as deployment/models, with a third listed bundle that was never exported."""
+    return models_folder(tmp_path_factory.mktemp("registry") / "models", arxiv=tiny_bundle, pwc=tiny_pwc_bundle,
+                         later=None)
+
+
+@pytest.fixture(scope="module")
+def models_api(two_models, tmp_path_factory):
+    with api_server(two_models, tmp_path_factory.mktemp("models-api")) as (url, proc):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            yield client
+        assert "Traceback" not in proc.output(), proc.output()[-3000:]
+
+
+def test_models_lists_what_is_served_with_titles_problem_types_and_label_counts(models_api, tiny_bundle,
+                                                                                tiny_pwc_bundle):
+    body = models_api.get("/models").json()
+    assert body["default"] == "arxiv"
+    arxiv, pwc = body["models"]  # in models.json's order; `later` is not exported, so not served
+    assert arxiv == {"name": "arxiv", "title": "arXiv category", "description": arxiv["description"], "default": True,
+                     "problem_type": "multi_label_classification", "labels": len(Predictor(tiny_bundle).labels),
+                     "error": None}
+    assert pwc["name"] == "pwc" and pwc["title"] == "Papers with Code task" and pwc["default"] is False
+    assert pwc["problem_type"] == "single_label_classification"
+    assert pwc["labels"] == len(Predictor(tiny_pwc_bundle).labels)
+    assert models_api.get("/health").json()["models"] == ["arxiv", "pwc"]
+    assert "/models" in models_api.get("/openapi.json").json()["paths"]
+
+
+def test_model_field_picks_the_model_and_single_label_answers_its_top_classes(models_api, tiny_bundle,
+                                                                              tiny_pwc_bundle):
+    arxiv, pwc = Predictor(tiny_bundle), Predictor(tiny_pwc_bundle)
+    default = models_api.post("/predict", json={"text": EXAMPLES[0]}).json()
+    assert default["model"] == "arxiv" and default == models_api.post(
+        "/predict", json={"text": EXAMPLES[0], "model": "arxiv"}).json()
+    assert default["scores"] == arxiv.predict([EXAMPLES[0]])[0]["scores"]
+
+    r = models_api.post("/predict", json={"text": EXAMPLES[0], "model": "pwc"})
+    assert r.status_code == 200, r.text
+    body, expected = r.json(), pwc.predict([EXAMPLES[0]], top_k=TOP_CLASSES)[0]
+    assert body["model"] == "pwc" and len(body["labels"]) == 1 and body["labels"] == expected["labels"]
+    assert body["scores"] == expected["scores"] and list(body["scores"])[0] == body["labels"][0]
+    assert len(body["scores"]) == TOP_CLASSES
+    body = models_api.post("/predict", json={"text": EXAMPLES[0], "model": "pwc", "top_k": 1000}).json()
+    assert len(body["scores"]) == len(pwc.labels) and body["labels"] == expected["labels"]
+
+    r = models_api.post("/predict/batch", json={"items": EXAMPLES[:3], "model": "pwc", "top_k": 2})
+    assert r.status_code == 200 and r.json()["model"] == "pwc"
+    assert [x["labels"] for x in r.json()["results"]] == [e["labels"] for e in pwc.predict(EXAMPLES[:3])]
+    assert all(len(x["scores"]) == 2 for x in r.json()["results"])
+    labels = models_api.get("/labels", params={"model": "pwc"}).json()
+    assert labels["model"] == "pwc" and labels["labels"] == pwc.labels
+
+
+@pytest.mark.parametrize("request_", [
+    ("post", "/predict", {"json": {"text": "a paper", "model": "nope"}}),
+    ("post", "/predict/batch", {"json": {"items": ["a paper"], "model": "later"}}),  # listed, never exported
+    ("get", "/labels", {"params": {"model": "nope"}}),
+    ("post", "/jobs", {"files": {"file": ("papers.csv", b"text\nhello\n", "text/csv")}, "data": {"model": "nope"}}),
+], ids=["predict", "batch", "labels", "jobs"])
+def test_unknown_model_is_a_clear_422(models_api, request_):
+    method, path, kwargs = request_
+    r = getattr(models_api, method)(path, **kwargs)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("model: unknown model '") and "the models served are: arxiv, pwc" in detail, detail
+    assert "GET /models" in detail and "\n" not in detail
+    r = models_api.post("/predict", json={"text": "a paper", "model": 5})
+    assert r.status_code == 422 and "model: Input should be a valid string" in r.json()["detail"]
+
+
+def test_a_bad_second_bundle_leaves_the_default_serving(tiny_bundle, tiny_pwc_bundle, tmp_path):
+    """Bundles past the default load on first use: a broken one is a 503 naming the problem, not a dead server."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_pwc_bundle, broken)
+    (broken / "labels.json").write_text(json.dumps({"only-one": 0}))
+    folder = models_folder(tmp_path / "models", arxiv=tiny_bundle, pwc=broken)
+    with api_server(folder, tmp_path) as (url, proc), httpx.Client(base_url=url, timeout=30) as api:
+        assert api.post("/predict", json={"text": EXAMPLES[0]}).status_code == 200
+        r = api.post("/predict", json={"text": EXAMPLES[0], "model": "pwc"})
+        assert r.status_code == 503 and r.json()["detail"].startswith("model 'pwc' cannot be served: ")
+        assert "labels.json has 1 labels but the model has" in r.json()["detail"]
+        pwc = api.get("/models").json()["models"][1]
+        assert pwc["name"] == "pwc" and pwc["labels"] is None and "labels.json has 1 labels" in pwc["error"]
+        assert api.post("/predict", json={"text": EXAMPLES[0], "model": "arxiv"}).status_code == 200
+        assert "Traceback" not in proc.output(), proc.output()[-3000:]
+    assert_clean_error(run_cli("serve", "--model", models_folder(tmp_path / "empty", arxiv=None)), "serve",
+                       "none of the bundles it lists (arxiv) is in")

@@ -1,14 +1,20 @@
-"""The Gradio app: answers over HTTP through gradio_client, refuses bad input, needs no torch."""
+"""The Gradio app and its model registry: answers over HTTP through gradio_client, switches between a
+multi-label and a single-label model, refuses bad input, needs no torch."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
 
 import pytest
 
-from apputil import free_port, running_app
+from apputil import free_port, models_folder, running_app
 from conftest import REPO
+from deployment.registry import REGISTRY_FILE, TOP_CLASSES, Registry, RegistryError, UnknownModelError
+
+EXAMPLE = json.loads((REPO / "deployment" / "examples.json").read_text())[0]["text"]
 
 
 def test_app_answers_through_gradio_client(tiny_bundle):
@@ -41,10 +47,10 @@ import sys
 sys.modules["torch"] = None; sys.modules["transformers"] = None
 sys.path.insert(0, {str(REPO / 'deployment')!r})
 import app
-from predictor import Predictor
-predictor = Predictor({str(tiny_bundle)!r})
-assert predictor.predict(["Object detection with transformers."])[0]["scores"]
-app.build_demo(predictor)
+from registry import Registry
+registry = Registry.from_path({str(tiny_bundle)!r})
+assert registry.predictor().predict(["Object detection with transformers."])[0]["scores"]
+app.build_demo(registry)
 print("ok")
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
@@ -58,6 +64,96 @@ def test_space_folder_is_self_contained():
     packages = {line.split("==")[0].strip() for line in lines if line.strip() and not line.startswith("#")}
     assert {"gradio", "onnxruntime", "tokenizers", "numpy"} <= packages
     assert not packages & {"torch", "transformers", "fastai"}
-    imports = [line for f in ("app.py", "predictor.py") for line in (REPO / "deployment" / f).read_text().splitlines()
-               if line.startswith(("import ", "from "))]
+    imports = [line for f in ("app.py", "predictor.py", "registry.py")
+               for line in (REPO / "deployment" / f).read_text().splitlines() if line.startswith(("import ", "from "))]
     assert not [line for line in imports if "papertasks" in line or "torch" in line]
+
+
+def test_shipped_registry_serves_arxiv_first_and_skips_bundles_not_exported_yet():
+    registry = Registry.from_path(REPO / "deployment" / "models")
+    listed = json.loads((REPO / "deployment" / "models" / REGISTRY_FILE).read_text())
+    assert list(listed)[:2] == ["arxiv", "pwc"] and all(entry["title"] for entry in listed.values())
+    assert registry.default == "arxiv" and registry.entry().path == REPO / "deployment" / "models" / "arxiv"
+    assert list(registry.entries) == [name for name in listed if (REPO / "deployment" / "models" / name).is_dir()]
+
+
+def test_registry_lists_present_bundles_loads_them_once_and_refuses_unknown_names(tiny_bundle, tiny_pwc_bundle,
+                                                                                  tmp_path, caplog):
+    folder = models_folder(tmp_path / "models", arxiv=tiny_bundle, gone=None, pwc=tiny_pwc_bundle)
+    with caplog.at_level(logging.WARNING, logger="deployment.registry"):
+        registry = Registry.from_path(folder)
+    assert list(registry.entries) == ["arxiv", "pwc"] and registry.default == "arxiv"
+    assert "lists 'gone'" in caplog.text and "not serving it" in caplog.text
+    assert registry.entry("pwc").title == "Papers with Code task"
+    assert not registry.predictor().single_label and registry.predictor("pwc").single_label
+    assert registry.predictor("pwc") is registry.predictor("pwc")  # loaded once, then kept
+    with pytest.raises(UnknownModelError, match="unknown model 'gone'; the models served are: arxiv, pwc"):
+        registry.predictor("gone")
+
+    alone = Registry.from_path(tiny_pwc_bundle)  # a bundle folder, not a registry: served alone, by its name
+    assert list(alone.entries) == ["pwc"] and alone.predictor().single_label
+
+    for listing, message in (("{not json", "cannot be read"), ("[]", "expected an object"),
+                             ('{"../arxiv": {"title": "x"}}', "needs a bundle folder name"),
+                             ('{"gone": {"title": "x"}}', "none of the bundles it lists (gone)")):
+        (folder / REGISTRY_FILE).write_text(listing)
+        with pytest.raises(RegistryError, match=re.escape(message)):
+            Registry.from_path(folder)
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_bundle, tiny_pwc_bundle, tmp_path_factory):
+    return models_folder(tmp_path_factory.mktemp("registry") / "models", arxiv=tiny_bundle, pwc=tiny_pwc_bundle)
+
+
+def test_app_picker_switches_between_a_multi_label_and_a_single_label_model(two_models, tmp_path):
+    from gradio_client import Client, handle_file
+
+    registry = Registry.from_path(two_models)
+    arxiv, pwc = registry.predictor("arxiv"), registry.predictor("pwc")
+    port = free_port()
+    command = [sys.executable, str(REPO / "deployment" / "app.py"), "--model", str(two_models),
+               "--host", "127.0.0.1", "--port", str(port)]
+    with running_app(command, port) as url:
+        client = Client(url, verbose=False)
+        api = client.view_api(print_info=False, return_format="dict")
+        picker = next(p for p in api["named_endpoints"]["/classify"]["parameters"] if p["parameter_name"] == "model")
+        assert picker["parameter_default"] == "arxiv" and picker["label"] == "Classify by"
+
+        top, chosen = client.predict(EXAMPLE, 0.5, True, api_name="/classify")  # no model: arXiv, as before
+        assert {c["label"] for c in top["confidences"]} <= set(arxiv.labels) and len(top["confidences"]) > TOP_CLASSES
+        top, chosen = client.predict(EXAMPLE, 0.5, True, "arxiv", api_name="/classify")
+        expected = arxiv.predict([EXAMPLE], top_k=10)[0]
+        assert {c["label"]: c["confidence"] for c in top["confidences"]} == expected["scores"]
+
+        top, chosen = client.predict(EXAMPLE, 0.5, True, "pwc", api_name="/classify")
+        expected = pwc.predict([EXAMPLE], top_k=TOP_CLASSES)[0]
+        assert {c["label"]: c["confidence"] for c in top["confidences"]} == expected["scores"]
+        assert len(top["confidences"]) == TOP_CLASSES and len(expected["labels"]) == 1
+        assert chosen == f"Predicted: **{expected['labels'][0]}**" and top["label"] == expected["labels"][0]
+        top, chosen = client.predict(EXAMPLE, 0.95, False, "pwc", 5, api_name="/classify")  # threshold: ignored
+        assert len(top["confidences"]) == 5 and chosen == f"Predicted: **{expected['labels'][0]}**"
+        with pytest.raises(Exception, match="not in the list of choices"):
+            client.predict(EXAMPLE, 0.5, True, "nope", api_name="/classify")
+
+        papers = tmp_path / "papers.csv"
+        papers.write_text("id,title,abstract\np1,Vision transformers,We detect objects in images.\n"
+                          "p2,Speech recognition,We transcribe audio with transformers.\np3,,\n", encoding="utf-8")
+        table, _, summary = client.predict(handle_file(str(papers)), "pwc", api_name="/classify_file")
+        assert table["headers"] == ["id", "class", "top classes", "note"] and "Scored **2** papers" in summary
+        rows = table["data"]
+        texts = ["Vision transformers. We detect objects in images.",
+                 "Speech recognition. We transcribe audio with transformers."]
+        assert [r[1] for r in rows[:2]] == [pwc.predict([t])[0]["labels"][0] for t in texts]
+        assert [r[2].count("(") for r in rows] == [TOP_CLASSES, TOP_CLASSES, 0] and "is empty" in rows[2][3]
+        table, _, _ = client.predict(handle_file(str(papers)), api_name="/classify_file")  # no model: arXiv
+        assert table["headers"] == ["id", "labels", "top label", "note"]
+        assert all(lab in arxiv.labels for r in table["data"][:2] for lab in r[1].split(", ") if lab)
+
+
+def test_app_refuses_a_registry_with_nothing_to_serve(tmp_path):
+    folder = models_folder(tmp_path / "models", arxiv=None, pwc=None)
+    result = subprocess.run([sys.executable, str(REPO / "deployment" / "app.py"), "--model", str(folder)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "papertasks app: error:" in result.stderr and "none of the bundles it lists (arxiv, pwc)" in result.stderr

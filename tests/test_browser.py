@@ -1,6 +1,7 @@
 """The Gradio app in a real browser: Debian's headless Chromium driven by Playwright (no browser
 download). Types an abstract, reads the labels, uploads a CSV, reads the table, downloads the CSV of
-predictions, checks a bad upload's message, and saves a screenshot."""
+predictions, checks a bad upload's message, switches to a single-label model with the picker, and
+saves screenshots."""
 from __future__ import annotations
 
 import csv
@@ -12,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from apputil import free_port, running_app
+from apputil import free_port, models_folder, running_app
 from conftest import REPO
 from deployment.inputs import CSV_COLUMNS
 from deployment.predictor import Predictor, compose_text
+from deployment.registry import TOP_CLASSES
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -27,9 +29,15 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_bundle):
+def models(tiny_bundle, tiny_pwc_bundle, tmp_path_factory):
+    """arXiv (multi-label) first, so the app opens on it as the Space does; then a single-label model."""
+    return models_folder(tmp_path_factory.mktemp("registry") / "models", arxiv=tiny_bundle, pwc=tiny_pwc_bundle)
+
+
+@pytest.fixture(scope="module")
+def app_url(models):
     port = free_port()
-    command = [sys.executable, str(REPO / "deployment" / "app.py"), "--model", str(tiny_bundle),
+    command = [sys.executable, str(REPO / "deployment" / "app.py"), "--model", str(models),
                "--host", "127.0.0.1", "--port", str(port)]
     with running_app(command, port) as url:
         yield url
@@ -47,6 +55,12 @@ def page(app_url):
             yield page
         finally:
             browser.close()
+
+
+def table_rows(page) -> list[list[str]]:
+    rows = [[c.strip() for c in r.locator("[role=gridcell]").all_inner_texts()]
+            for r in page.locator("#file-table [role=row]").all()]
+    return [r for r in rows if r]  # the header row has column headers, not cells
 
 
 def test_browser_classifies_an_abstract_and_a_csv(page, tiny_bundle, tmp_path):
@@ -75,9 +89,7 @@ def test_browser_classifies_an_abstract_and_a_csv(page, tiny_bundle, tmp_path):
     page.get_by_role("button", name="Classify file").click()
     page.locator("#file-summary").get_by_text("Scored").wait_for()
     assert "Scored 2 papers; 1 row had no usable text" in page.locator("#file-summary").inner_text()
-    rows = [[c.strip() for c in r.locator("[role=gridcell]").all_inner_texts()]
-            for r in page.locator("#file-table [role=row]").all()]
-    rows = [r for r in rows if r]  # the header row has column headers, not cells
+    rows = table_rows(page)
     assert [r[0] for r in rows] == ["p1", "p2", "p3"], rows
     direct = predictor.predict([compose_text(t, a) for _, t, a in papers[:2]])
     assert [r[1] for r in rows[:2]] == [", ".join(d["labels"]) for d in direct]
@@ -113,3 +125,41 @@ def test_browser_shows_a_clear_message_for_a_bad_upload(page, tmp_path):
     page.get_by_label("Title and abstract").fill("Graph neural networks for molecules.")
     page.get_by_role("button", name="Classify", exact=True).click()
     page.get_by_text("Predicted:").wait_for()
+
+
+def test_browser_picker_switches_to_a_single_label_model(page, models, tmp_path):
+    """Papers with Code task: the threshold controls go, the best classes and the one chosen class come."""
+    pwc = Predictor(models / "pwc")
+    abstract = json.loads((REPO / "deployment" / "examples.json").read_text())[1]["text"]
+    threshold = page.get_by_label("Threshold (when per-label thresholds are off)").first  # its box and its range
+    threshold.wait_for()
+    assert page.get_by_label("Classes shown").count() == 0  # Gradio leaves hidden components out of the page
+
+    page.locator("#model-picker").get_by_text("Papers with Code task").click()
+    page.get_by_label("Classes shown").first.wait_for()
+    threshold.wait_for(state="hidden")
+    assert page.get_by_label("Use the tuned per-label thresholds").count() == 0
+    page.get_by_text(f"({len(pwc.labels)} labels, one label per paper)").wait_for()
+
+    page.get_by_label("Title and abstract").fill(abstract)
+    page.get_by_role("button", name="Classify", exact=True).click()
+    answer = page.get_by_text("Predicted:")
+    answer.wait_for()
+    expected = pwc.predict([abstract], top_k=TOP_CLASSES)[0]
+    assert answer.inner_text().removeprefix("Predicted:").strip() == expected["labels"][0]
+    for label in expected["scores"]:
+        assert page.get_by_text(label, exact=True).first.is_visible()
+    page.screenshot(path=str(tmp_path / "app-single-label.png"), full_page=True)
+
+    upload = tmp_path / "papers.csv"
+    upload.write_text("id,title,abstract\np1,Speech recognition,We transcribe audio with transformers.\n",
+                      encoding="utf-8")
+    page.get_by_role("tab", name="A file of papers").click()
+    page.locator("#file-upload input[type=file]").set_input_files(str(upload))
+    page.get_by_role("button", name="Classify file").click()
+    page.locator("#file-summary").get_by_text("Scored").wait_for()
+    (row,) = table_rows(page)
+    assert row[1] == pwc.predict([compose_text("Speech recognition", "We transcribe audio with transformers.")])[0][
+        "labels"][0]
+    assert row[2].count("(") == TOP_CLASSES
+    assert "top classes" in page.locator("#file-table").inner_text()

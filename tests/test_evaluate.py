@@ -6,7 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from papertasks.evaluate import compute_metrics, evaluate_bundle, precision_at_k, tune_thresholds
+from papertasks.evaluate import (TOP_CLASS_THRESHOLDS, compute_metrics, evaluate_bundle, evaluate_probs,
+                                 evaluation_problem, headline_header, headline_row, precision_at_k,
+                                 single_label_metrics, tune_thresholds, write_report)
+from papertasks.errors import UserError
 
 LABELS = ["a", "b", "c"]
 
@@ -71,3 +74,72 @@ def test_tfidf_baseline_report(tiny_data, tmp_path):
     assert report["model"].startswith("TF-IDF")
     assert report["test"]["precision_at_1"] > 0.3  # cs.CV / cs.AI / cs.CL are learnable from 600 abstracts
     assert "| TF-IDF + logistic regression |" in (tmp_path / "report.md").read_text()
+
+
+def test_single_label_metrics_by_hand(tmp_path):
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    classes = ["a", "b", "c", "d"]
+    true = np.array([0, 0, 0, 1, 1, 2])  # class d is never true in this test set
+    probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.6, 0.2, 0.1, 0.1], [0.3, 0.4, 0.2, 0.1],
+                      [0.1, 0.7, 0.1, 0.1], [0.2, 0.5, 0.2, 0.1], [0.3, 0.15, 0.05, 0.5]])
+    y = np.eye(4, dtype=int)[true]
+    m = single_label_metrics(y, probs, classes)
+    # top class: a a b | b b | d -> a: P 1, R 2/3; b: P 2/3, R 1; c: never predicted; d: one false positive
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["f1_macro"] == pytest.approx((0.8 + 0.8 + 0.0) / 3)  # over the classes present in the test set
+    assert m["f1_macro"] == pytest.approx(f1_score(true, probs.argmax(1), labels=[0, 1, 2], average="macro"))
+    assert m["f1_weighted"] == pytest.approx((3 * 0.8 + 2 * 0.8 + 1 * 0.0) / 6)
+    assert m["top3_accuracy"] == pytest.approx(5 / 6)  # the c paper ranks c fourth
+    assert m["roc_auc"] == pytest.approx(np.mean([roc_auc_score(true == c, probs[:, c]) for c in range(3)]))
+    assert m["confusion_matrix"] == [[2, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]]
+    assert m["per_label"]["b"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8),
+                                   "support": 2}
+
+    report = evaluate_probs("hand", classes, y, probs, y, probs, min_positives=10, problem="multi-class")
+    assert report["thresholds"] == TOP_CLASS_THRESHOLDS and report["valid"]["accuracy"] == pytest.approx(4 / 6)
+    write_report(report, tmp_path, probs, y, classes)
+    for name in ("metrics.json", "report.md", "per_label_f1.png", "confusion_matrix.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert not (tmp_path / "precision_recall.png").exists()
+    assert headline_header(report) in (tmp_path / "report.md").read_text()
+    assert headline_row(report) == "| hand | 0.667 | 0.533 | 0.667 | 0.833 | " + f"{m['roc_auc']:.3f} |"
+
+
+def test_binary_metrics_score_the_second_class():
+    y = np.eye(2, dtype=int)[[0, 0, 1, 1]]
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.6, 0.4], [0.1, 0.9]])
+    m = single_label_metrics(y, probs, ["no", "yes"])
+    assert m["accuracy"] == 0.5 and m["top3_accuracy"] is None
+    assert m["roc_auc"] == pytest.approx(3 / 4)  # positives 0.4, 0.9 vs negatives 0.1, 0.6: 3 of 4 pairs in order
+
+
+def test_the_bundle_decides_how_it_is_evaluated():
+    assert evaluation_problem(True, "multi-class", "m", "d") == "multi-class"
+    assert evaluation_problem(True, "binary", "m", "d") == "binary"
+    assert evaluation_problem(False, "multi-class", "m", "d") == "multi-label"  # sigmoids keep their thresholds
+    with pytest.raises(UserError, match="single-label model"):
+        evaluation_problem(True, "multi-label", "m", "d")
+
+
+def test_evaluate_single_label_bundle(tiny_pwc_bundle, tiny_data, tmp_path):
+    import shutil
+
+    from deployment.predictor import Predictor
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_pwc_bundle, bundle)
+    data = tiny_pwc_bundle.parents[1] / "data"  # where the fixture prepared it
+    report = evaluate_bundle(str(bundle), str(data), str(tmp_path / "report"),
+                             labels_json=str(tmp_path / "json_files" / "labels.json"))
+    assert report["problem"] == "multi-class" and "accuracy" in report["test"]
+    assert json.loads((bundle / "thresholds.json").read_text()) == TOP_CLASS_THRESHOLDS
+    assert (tmp_path / "report" / "confusion_matrix.png").stat().st_size > 0
+    saved = json.loads((bundle / "metrics.json").read_text())
+    assert saved["test"]["accuracy"] == report["test"]["accuracy"] and "confusion_matrix" not in saved["test"]
+    assert "## Test metrics" in (bundle / "MODEL_CARD.md").read_text()
+    predictor = Predictor(bundle)  # the manifest covers the rewritten files
+    probs = predictor.predict_proba(["Image classification with a small convolutional network."])
+    assert predictor.single_label and predictor.global_threshold == 0.0 and predictor.decide(probs).sum() == 1
+    with pytest.raises(UserError, match="single-label model"):
+        evaluate_bundle(str(bundle), str(tiny_data), str(tmp_path / "wrong"), update_bundle=False)

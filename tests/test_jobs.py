@@ -1,5 +1,6 @@
 """Async jobs for real: redis-server from the system package, `papertasks serve --redis-url` and
-`papertasks worker` processes; the whole job lifecycle, a worker killed mid-job, expiry, bad files."""
+`papertasks worker` processes; the whole job lifecycle, a worker killed mid-job, expiry, bad files, and
+jobs for a single-label model of a registry."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from apputil import models_folder
 from deployment.inputs import CSV_COLUMNS, predict_rows, read_batch_file
 from deployment.predictor import Predictor
 from serverutil import REDIS_SERVER, api_server, redis_server, wait_until, worker
@@ -240,3 +242,30 @@ def test_without_redis_jobs_answer_503_and_predict_keeps_working(tiny_bundle, tm
         assert health["status"] == "ok" and health["redis"]["reachable"] is False and health["jobs"] == "unavailable"
         assert api.post("/predict", json={"text": "Graph neural networks."}).status_code == 200
         assert "Traceback" not in api_proc.output(), api_proc.output()[-3000:]
+
+
+def test_jobs_pass_the_model_to_workers_that_serve_it(tiny_bundle, tiny_pwc_bundle, redis_url, logs, papers,
+                                                      tmp_path):
+    """The API stamps each job with its model; a worker with the same registry scores it with that model,
+    a worker without it fails the job with a clear message."""
+    registry = models_folder(tmp_path / "models", arxiv=tiny_bundle, pwc=tiny_pwc_bundle)
+    arxiv_only = models_folder(tmp_path / "arxiv-only", arxiv=tiny_bundle)
+    data = jsonl(papers[:10])
+    with api_server(registry, logs, "--redis-url", redis_url, "--queue", "models") as (url, proc), \
+            httpx.Client(base_url=url, timeout=30) as api:
+        with worker(registry, redis_url, logs, "--queue", "models"):
+            r = submit(api, "papers.jsonl", data, model="pwc", top_k=3)
+            assert r.status_code == 202 and r.json()["model"] == "pwc", r.text
+            body = poll(api, r.headers["Location"], lambda r: r.status_code == 200).json()
+            default = poll(api, submit(api, "papers.jsonl", data).headers["Location"], lambda r: r.status_code == 200)
+        assert body["model"] == "pwc" and body["count"] == 10 and default.json()["model"] == "arxiv"
+        expected = Predictor(tiny_pwc_bundle).predict([p["text"] for p in papers[:10]], top_k=3)
+        assert [x["labels"] for x in body["results"]] == [e["labels"] for e in expected]
+        assert all(len(x["labels"]) == 1 and len(x["scores"]) == 3 for x in body["results"])
+
+        with worker(arxiv_only, redis_url, logs, "--queue", "models"):
+            r = submit(api, "papers.jsonl", data, model="pwc")
+            failed = poll(api, r.headers["Location"], lambda r: r.status_code != 202)
+        assert failed.status_code == 500 and failed.json()["error"]["type"] == "model_mismatch"
+        assert "unknown model 'pwc'; the models served are: arxiv" in failed.json()["error"]["message"]
+        assert "Traceback" not in proc.output(), proc.output()[-3000:]

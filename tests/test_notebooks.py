@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
 NOTEBOOKS = ["01_explore_and_prune.ipynb", "02_fine_tune.ipynb", "03_export_and_try.ipynb"]
 RAW = REPO.parent / "shared" / "data" / "arxiv_cs.jsonl.gz"
-PROTECTED = [REPO / "json_files", REPO / "deployment" / "model"]  # what only full mode may write
+PROTECTED = [REPO / "json_files", REPO / "deployment" / "models"]  # what only full mode may write
 CELL_TIMEOUT_S = 300
 
 

@@ -1,4 +1,4 @@
-"""The bundle committed in deployment/model: complete, small, consistent with json_files/, and good on
+"""The bundle committed in deployment/models/arxiv: complete, small, consistent with json_files/, and good on
 papers it has never seen (scored live here, not read from a file)."""
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from conftest import REPO, require
 from deployment.predictor import Predictor, compose_text
 from papertasks.data import ARXIV_ALIASES, label_matrix
 
-BUNDLE = REPO / "deployment" / "model"
+BUNDLE = REPO / "deployment" / "models" / "arxiv"
 
 
 def test_bundle_is_complete_small_and_matches_json_files():
     for name in ("model.onnx", "tokenizer.json", "labels.json", "thresholds.json", "config.json", "MODEL_CARD.md"):
         assert (BUNDLE / name).is_file(), name
     assert sum(p.stat().st_size for p in BUNDLE.iterdir()) <= 30 * 2**20
-    assert json.loads((BUNDLE / "labels.json").read_text()) == json.loads((REPO / "json_files/labels.json").read_text())
+    assert json.loads((BUNDLE / "labels.json").read_text()) == json.loads((REPO / "json_files/arxiv/labels.json").read_text())
     assert json.loads((BUNDLE / "thresholds.json").read_text()) == json.loads(
-        (REPO / "json_files/thresholds.json").read_text())
+        (REPO / "json_files/arxiv/thresholds.json").read_text())
     card = (BUNDLE / "MODEL_CARD.md").read_text()
     assert "## Test metrics" in card and "## Parity" in card
 
