@@ -77,6 +77,8 @@ def main() -> None:
     valid = valid.sample(min(args.rows, len(valid)), random_state=0)
     texts, y = valid["text"].tolist(), label_matrix(valid["labels"], predictor.labels)
     present = y.sum(axis=0) > 0
+    predictor.tokenizer.no_padding()  # a tokenizer.json may pad every batch to its longest text
+    predictor.tokenizer.no_truncation()
     lengths = np.array([len(e.ids) for e in predictor.tokenizer.encode_batch(texts)])
     results = {"bundle": args.bundle, "rows": len(texts), "max_length": predictor.max_length,
                "longer_than_window": float((lengths > predictor.max_length).mean()),

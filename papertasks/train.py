@@ -248,4 +248,4 @@ def _data_report(data_dir) -> dict | None:
     if not path.is_file():
         return None
     report = read_json(path)
-    return {k: report[k] for k in ("config", "labels_before", "labels_after", "rows")}
+    return {k: report.get(k) for k in ("config", "labels_before", "labels_after", "rows")}

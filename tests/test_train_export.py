@@ -73,8 +73,9 @@ def test_export_bundle_sizes_and_parity(tiny_bundle, tiny_model):
     assert "ONNX int8" in card and "papertasks train --data DATA_DIR" in card
 
 
-def test_onnx_matches_torch_on_padded_batches(tiny_model):
-    """Batches of very different lengths exercise padding and the dynamic axes."""
+def test_onnx_matches_torch_on_padded_batches(tiny_model, tiny_bundle):
+    """Batches of very different lengths exercise padding and the dynamic axes (the fp32 ONNX that
+    building tiny_bundle leaves in <model>/onnx)."""
     from export.onnx_export import load_trained, torch_probs
 
     model, tokenizer, _ = load_trained(tiny_model)
