@@ -71,7 +71,7 @@ def _baseline(args):
 def _compare(args):
     from papertasks.compare import compare_reports
 
-    compare_reports(args.reports, out=args.out)
+    print(compare_reports(args.reports, out=args.out)[1], end="")
 
 
 def _export(args):

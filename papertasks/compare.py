@@ -41,8 +41,9 @@ def check_same_split(reports: list[dict], folders: list[str]) -> None:
                             + ", ".join(f"{k} {report.get(k)} vs {first.get(k)}" for k in differ) + ")")
 
 
-def compare_reports(folders: list[str], out=None) -> dict:
-    """Rows of every report, and the lead of the first over each other one, per threshold setting."""
+def compare_reports(folders: list[str], out=None) -> tuple[dict, str]:
+    """Rows of every report, and the lead of the first over each other one, per threshold setting;
+    and the same as a markdown table."""
     if len(folders) < 2:
         raise UserError("give at least two report folders: the model, then what it is compared with")
     reports = [read_report(f) for f in folders]
@@ -65,8 +66,7 @@ def compare_reports(folders: list[str], out=None) -> dict:
     if out is not None:
         write_json(Path(out) / "compare.json", result)
         write_text(Path(out) / "compare.md", text)
-    print(text, end="")
-    return result
+    return result, text
 
 
 def _lead(mine, theirs):

@@ -3,6 +3,7 @@
 of a multi-label and a single-label model, and a short run of the load test."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -25,12 +26,19 @@ FRENCH = ("Apprentissage profond pour la détection d'objets dans les images sat
           "nouvelle méthode fondée sur les réseaux de neurones convolutifs et évaluons ses performances.")
 
 
-@pytest.fixture(scope="module")
-def api(tiny_bundle, tmp_path_factory):
-    with api_server(tiny_bundle, tmp_path_factory.mktemp("api")) as (url, proc):
+@contextlib.contextmanager
+def api_client(model, folder):
+    """An httpx client on a real server for `model`; the server must have logged no traceback."""
+    with api_server(model, folder) as (url, proc):
         with httpx.Client(base_url=url, timeout=30) as client:
             yield client
         assert "Traceback" not in proc.output(), proc.output()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def api(tiny_bundle, tmp_path_factory):
+    with api_client(tiny_bundle, tmp_path_factory.mktemp("api")) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -291,10 +299,8 @@ def two_models(tiny_bundle, tiny_pwc_bundle, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models_api(two_models, tmp_path_factory):
-    with api_server(two_models, tmp_path_factory.mktemp("models-api")) as (url, proc):
-        with httpx.Client(base_url=url, timeout=30) as client:
-            yield client
-        assert "Traceback" not in proc.output(), proc.output()[-3000:]
+    with api_client(two_models, tmp_path_factory.mktemp("models-api")) as client:
+        yield client
 
 
 def test_models_lists_what_is_served_with_titles_problem_types_and_label_counts(models_api, tiny_bundle,

@@ -1,5 +1,5 @@
-"""The bundle committed in deployment/models/arxiv: complete, small, consistent with json_files/, and good on
-papers it has never seen (scored live here, not read from a file)."""
+"""The bundles committed in deployment/models/ (arXiv categories, Papers with Code tasks): complete, small,
+consistent with json_files/, and good on papers they have never seen (scored live here, not read from a file)."""
 from __future__ import annotations
 
 import gzip
@@ -8,22 +8,29 @@ import json
 import numpy as np
 from sklearn.metrics import f1_score
 
-from conftest import REPO, require
+import pytest
+
+from conftest import PWC, REPO, require
 from deployment.predictor import Predictor, compose_text
 from papertasks.data import ARXIV_ALIASES, label_matrix
 
-BUNDLE = REPO / "deployment" / "models" / "arxiv"
+MODELS = REPO / "deployment" / "models"
+BUNDLE = MODELS / "arxiv"
 
 
-def test_bundle_is_complete_small_and_matches_json_files():
-    for name in ("model.onnx", "tokenizer.json", "labels.json", "thresholds.json", "config.json", "MODEL_CARD.md"):
-        assert (BUNDLE / name).is_file(), name
-    assert sum(p.stat().st_size for p in BUNDLE.iterdir()) <= 30 * 2**20
-    assert json.loads((BUNDLE / "labels.json").read_text()) == json.loads((REPO / "json_files/arxiv/labels.json").read_text())
-    assert json.loads((BUNDLE / "thresholds.json").read_text()) == json.loads(
-        (REPO / "json_files/arxiv/thresholds.json").read_text())
-    card = (BUNDLE / "MODEL_CARD.md").read_text()
+@pytest.mark.parametrize("name", ["arxiv", "pwc"])
+def test_bundle_is_complete_small_listed_and_matches_json_files(name):
+    bundle = MODELS / name
+    for file in ("model.onnx", "tokenizer.json", "labels.json", "thresholds.json", "config.json", "manifest.json",
+                 "MODEL_CARD.md"):
+        assert (bundle / file).is_file(), file
+    assert sum(p.stat().st_size for p in bundle.iterdir()) <= 30 * 2**20
+    for file in ("labels.json", "thresholds.json"):
+        assert json.loads((bundle / file).read_text()) == json.loads((REPO / "json_files" / name / file).read_text())
+    card = (bundle / "MODEL_CARD.md").read_text()
     assert "## Test metrics" in card and "## Parity" in card
+    assert name in json.loads((MODELS / "models.json").read_text())
+    assert Predictor(bundle).integrity.startswith("verified")
 
 
 def test_shipped_model_tags_unseen_papers(arxiv_file):
@@ -43,3 +50,20 @@ def test_shipped_model_tags_unseen_papers(arxiv_file):
     assert f1_score(truth, predictor.decide(probs), average="micro") > 0.6
     top1 = probs.argmax(axis=1)
     assert truth[np.arange(len(top1)), top1].mean() > 0.8  # precision@1
+
+
+def test_shipped_task_model_names_the_task_of_unseen_papers(tmp_path):
+    """The Papers with Code bundle on its own test split, rebuilt here from the recorded prepare settings."""
+    from papertasks.data import PrepareConfig, prepare, read_split
+
+    predictor = Predictor(MODELS / "pwc")
+    recorded = json.loads((MODELS / "pwc" / "config.json").read_text())["trained_on"]["config"]
+    prepare(PrepareConfig(inputs=[str(require(PWC))], out=str(tmp_path), min_count=recorded["min_count"],
+                          seed=recorded["seed"]))
+    test = read_split(tmp_path, "test")
+    assert len(test) > 200
+    truth = label_matrix(test["labels"], predictor.labels).argmax(axis=1)
+    probs = predictor.predict_proba(test["text"].tolist())
+    assert (probs.argmax(axis=1) == truth).mean() > 0.6  # 27 tasks: chance is under 0.12
+    top3 = np.argsort(-probs, axis=1)[:, :3]
+    assert (top3 == truth[:, None]).any(axis=1).mean() > 0.8
