@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET
 from papertasks.io import write_text
 
 
@@ -38,7 +39,7 @@ def render_model_card(bundle: Path) -> str:
         lines += [
             f"- source: {', '.join(cfg.get('inputs', []))}",
             f"- split: " + (f"time split on `{cfg.get('split_by')}`, test from {cfg.get('test_from')}"
-                            if cfg.get("split_by") else "iterative stratification (multi-label)")
+                            if cfg.get("split_by") else "random, stratified by label (iterative stratification)")
             + f", seed {cfg.get('seed')}",
             f"- labels: {data.get('labels_before')} -> {data.get('labels_after')} after pruning "
             f"(min-count {cfg.get('min_count')}, top-k {cfg.get('top_k')})",
@@ -78,8 +79,14 @@ def render_model_card(bundle: Path) -> str:
         lines += ["", "## Thresholds", "",
                   f"Global {thresholds.get('global')}; {tuned} labels have their own threshold tuned on validation "
                   f"(labels with fewer than {thresholds.get('min_positives', '?')} validation positives use the global one)."]
+    export = f"papertasks export --model MODEL_DIR --data DATA_DIR --out deployment/models/{bundle.name}"
+    tolerance = report.get("parity", {}).get("tolerance", {})
+    if tolerance.get("int8_max_prob_diff", DEFAULT_MAX_PROB_DIFF) != DEFAULT_MAX_PROB_DIFF:
+        export += f" --max-prob-diff {tolerance['int8_max_prob_diff']}"
+    if tolerance.get("int8_min_same_label_set", DEFAULT_MIN_SAME_SET) != DEFAULT_MIN_SAME_SET:
+        export += f" --min-same-set {tolerance['int8_min_same_label_set']}"
     lines += ["", "## Reproduce", "", "```bash", *reproduce_commands(data.get("config", {}), config.get("training", {})),
-              f"papertasks export --model MODEL_DIR --data DATA_DIR --out deployment/models/{bundle.name}",
+              export,
               f"papertasks evaluate --model deployment/models/{bundle.name} --data DATA_DIR --out reports/{bundle.name}",
               "```", ""]
     return "\n".join(lines)
@@ -100,7 +107,7 @@ def reproduce_commands(prepare: dict, training: dict) -> list[str]:
     for key in ("base_model", "max_length", "truncation", "loss", "focal_gamma", "pos_weight_clip", "oversample_to",
                 "batch_size", "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed"):
         off = (training.get(key) is None or (key in ("pos_weight_clip", "oversample_to") and not training[key])
-               or (key == "focal_gamma" and training.get("loss") != "focal"))
+               or (key == "focal_gamma" and training.get("loss") != "focal") or (key == "loss" and training[key] == "bce"))
         if not off:
             train.append(f"--{key.replace('_', '-')} {training[key]}")
     return [" ".join(prep), " ".join(train)]

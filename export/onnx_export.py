@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from deployment.manifest import write_manifest
+from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET
 from deployment.predictor import Predictor, load_labels
 from export.model_card import write_model_card
 from papertasks.errors import UserError
@@ -136,7 +137,7 @@ def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int) -
 
 
 def export_bundle(model: str, out: str, data_dir: str | None = None, parity_texts: int = 64,
-                  max_prob_diff: float = 0.15, min_same_set: float = 0.85, work_dir: str | None = None) -> dict:
+                  max_prob_diff: float = DEFAULT_MAX_PROB_DIFF, min_same_set: float = DEFAULT_MIN_SAME_SET, work_dir: str | None = None) -> dict:
     model_dir, out = Path(model), Path(out)
     hf_model, tokenizer, labels = load_trained(model_dir)
     training_path = model_dir / "training_config.json"

@@ -14,6 +14,7 @@ from papertasks.errors import UserError
 from scrapers.cli import register as register_scrape
 from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, DEFAULT_MODELS_DIR, labels_json_for
 from deployment.truncation import STRATEGIES
+from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET
 from papertasks.data import PROBLEMS
 
 EPILOG_PIPELINE = """\
@@ -189,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_BUNDLE, help="bundle folder (the Space serves those listed in deployment/models/models.json)")
     p.add_argument("--data", default=None, help="prepared data folder: parity texts come from its validation split")
     p.add_argument("--parity-texts", type=int, default=64)
-    p.add_argument("--max-prob-diff", type=float, default=0.15, help="fail if int8 and torch differ more than this")
-    p.add_argument("--min-same-set", type=float, default=0.85,
+    p.add_argument("--max-prob-diff", type=float, default=DEFAULT_MAX_PROB_DIFF, help="fail if int8 and torch differ more than this")
+    p.add_argument("--min-same-set", type=float, default=DEFAULT_MIN_SAME_SET,
                    help="fail if fewer texts than this share get the same label set in int8 and torch")
     p.add_argument("--work-dir", default=None, help="keep the fp32 ONNX here (default: <model>/onnx)")
     p.set_defaults(func=_export)
