@@ -30,6 +30,7 @@ except ImportError:  # run as a Space: `python app.py`
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODELS = HERE / "models"
 TOP_LABELS = 10
+THRESHOLD_RANGE = (0.05, 0.95)  # the global-threshold slider
 MULTI_LABEL_COLUMNS = ["id", "labels", "top label", "note"]
 SINGLE_LABEL_COLUMNS = ["id", "class", "top classes", "note"]
 
@@ -43,6 +44,12 @@ def model_intro(entry: ModelEntry, predictor: Predictor) -> str:
     """What the picked model does, under the picker."""
     kind = "one label per paper" if predictor.single_label else "multi-label"
     return f"**{entry.title}** ({len(predictor.labels)} labels, {kind}). {entry.description}".strip()
+
+
+def slider_threshold(predictor: Predictor) -> float:
+    """The global-threshold slider's value: the bundle's tuned one, within the slider's range (a
+    single-label bundle's threshold is 0, its top class always wins, and the slider is hidden)."""
+    return min(max(predictor.global_threshold, THRESHOLD_RANGE[0]), THRESHOLD_RANGE[1])
 
 
 def scores_title(predictor: Predictor) -> str:
@@ -64,7 +71,7 @@ def build_demo(registry: Registry) -> gr.Blocks:
         predictor = predictor_for(model)
         multi = not predictor.single_label
         return (model_intro(registry.entry(model), predictor), gr.Checkbox(visible=multi),
-                gr.Slider(visible=multi, value=predictor.global_threshold), gr.Slider(visible=not multi),
+                gr.Slider(visible=multi, value=slider_threshold(predictor)), gr.Slider(visible=not multi),
                 gr.Label(value=None, label=scores_title(predictor)), "")
 
     def classify(text: str, threshold: float, per_label: bool, model: str, top_k: int):
@@ -127,7 +134,7 @@ def build_demo(registry: Registry) -> gr.Blocks:
                     text = gr.Textbox(label="Title and abstract", lines=12, placeholder="Title. Abstract ...")
                     with gr.Row():
                         per_label = gr.Checkbox(value=True, label="Use the tuned per-label thresholds", visible=multi)
-                        threshold = gr.Slider(0.05, 0.95, value=default.global_threshold, step=0.01, visible=multi,
+                        threshold = gr.Slider(*THRESHOLD_RANGE, value=slider_threshold(default), step=0.01, visible=multi,
                                               label="Threshold (when per-label thresholds are off)")
                         top_k = gr.Slider(1, TOP_LABELS, value=TOP_CLASSES, step=1, visible=not multi,
                                           label="Classes shown")

@@ -151,7 +151,7 @@ def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_p
     log.info("%s: scoring %d validation and %d test texts with %s", problem, len(x_valid), len(x_test), model)
     p_valid = _scored(predictor, x_valid, batch_size, "valid")
     p_test = _scored(predictor, x_test, batch_size, "test")
-    report = evaluate_probs(f"fine-tuned ({Path(model).name}, ONNX)", labels, y_valid, p_valid, y_test, p_test,
+    report = evaluate_probs(bundle_name(predictor), labels, y_valid, p_valid, y_test, p_test,
                             min_positives, problem)
     write_report(report, Path(out), p_test, y_test, labels)
     if update_bundle:
@@ -169,6 +169,16 @@ def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_p
 
         write_manifest(bundle)  # the checksums must cover the files rewritten above
     return report
+
+
+def bundle_name(predictor) -> str:
+    """What reports call a bundle: its base model and whether its ONNX graph is int8-quantized."""
+    import onnx
+
+    graph = onnx.load(str(predictor.model_dir / "model.onnx"), load_external_data=False).graph
+    quantized = any(node.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul") for node in graph.node)
+    base = Path(predictor.config.get("base_model") or "model").name
+    return f"fine-tuned {base}, {'int8' if quantized else 'fp32'} ONNX"
 
 
 def evaluation_problem(single_label_model: bool, data_problem: str, model, data) -> str:

@@ -65,7 +65,8 @@ def tiny_bundle(tiny_model, tiny_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pwc_bundle(tmp_path_factory) -> Path:
     """A tiny single-label bundle (one Papers with Code task per paper), built through the CLI as a user
-    would: `prepare` finds the data multi-class, `train` and `export` follow it."""
+    would: `prepare` finds the data multi-class, `train`, `export` and `evaluate` (which writes the
+    top-class thresholds.json the shipped bundle has) follow it."""
     work = tmp_path_factory.mktemp("pwc")
     data, model, bundle = work / "data", work / "model", work / "bundle" / "pwc"
     stages = [("prepare", require(PWC), "--out", data, "--max-rows", "800", "--min-count", "15",
@@ -73,7 +74,9 @@ def tiny_pwc_bundle(tmp_path_factory) -> Path:
               ("train", "--data", data, "--out", model, "--max-train", "64", "--max-valid", "32", "--max-length", "64",
                "--batch-size", "16", "--lr", "2e-4", "--frozen-epochs", "0", "--epochs", "1"),
               ("export", "--model", model, "--data", data, "--out", bundle, "--parity-texts", "16",
-               "--max-prob-diff", "0.5", "--min-same-set", "0")]
+               "--max-prob-diff", "0.5", "--min-same-set", "0"),
+              ("evaluate", "--model", bundle, "--data", data, "--out", work / "report",
+               "--labels-json", work / "labels.json")]
     for stage in stages:
         result = run_cli(*stage)
         assert result.returncode == 0, result.stderr[-3000:]
