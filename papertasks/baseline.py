@@ -143,7 +143,3 @@ def run_baseline(data: str, out: str, model: str = "tfidf", max_train: int | Non
     write_report(report, Path(out), probs[n_valid:], y["test"], labels)
     return report
 
-
-def run_tfidf_baseline(data: str, out: str, max_features: int = 100_000, min_positives: int = 10) -> dict:
-    """The TF-IDF baseline on the split (what the notebooks call)."""
-    return run_baseline(data, out, "tfidf", max_features=max_features, min_positives=min_positives)

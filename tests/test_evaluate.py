@@ -68,9 +68,9 @@ def test_evaluate_bundle_writes_thresholds_metrics_and_card(tiny_bundle, tiny_da
 
 
 def test_tfidf_baseline_report(tiny_data, tmp_path):
-    from papertasks.baseline import run_tfidf_baseline
+    from papertasks.baseline import run_baseline
 
-    report = run_tfidf_baseline(str(tiny_data), str(tmp_path), min_positives=3)
+    report = run_baseline(str(tiny_data), str(tmp_path), "tfidf", min_positives=3)
     assert report["model"].startswith("TF-IDF")
     assert report["test"]["precision_at_1"] > 0.3  # cs.CV / cs.AI / cs.CL are learnable from 600 abstracts
     assert "| TF-IDF + logistic regression |" in (tmp_path / "report.md").read_text()
