@@ -85,7 +85,9 @@ def render_model_card(bundle: Path) -> str:
         export += f" --max-prob-diff {tolerance['int8_max_prob_diff']}"
     if tolerance.get("int8_min_same_label_set", DEFAULT_MIN_SAME_SET) != DEFAULT_MIN_SAME_SET:
         export += f" --min-same-set {tolerance['int8_min_same_label_set']}"
-    lines += ["", "## Reproduce", "", "```bash", *reproduce_commands(data.get("config", {}), config.get("training", {})),
+    # bundles from before head_tail record no truncation: they were trained (and are served) with the head
+    training = {**config.get("training", {}), "truncation": config.get("truncation", "head")}
+    lines += ["", "## Reproduce", "", "```bash", *reproduce_commands(data.get("config", {}), training),
               export,
               f"papertasks evaluate --model deployment/models/{bundle.name} --data DATA_DIR --out reports/{bundle.name}",
               "```", ""]

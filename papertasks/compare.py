@@ -48,6 +48,10 @@ def compare_reports(folders: list[str], out=None) -> tuple[dict, str]:
         raise UserError("give at least two report folders: the model, then what it is compared with")
     reports = [read_report(f) for f in folders]
     check_same_split(reports, folders)
+    names = [r["model"] for r in reports]
+    for report, folder in zip(reports, folders):  # two bundles of one kind: tell them apart by their folder
+        if names.count(report["model"]) > 1:
+            report["model"] = f"{report['model']} ({Path(folder).name})"
     single = is_single_label(reports[0])
     kind = "single-label" if single else "multi-label"
     settings = ["test"] if single else list(SETTINGS)
