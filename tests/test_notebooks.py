@@ -79,7 +79,8 @@ def test_notebooks_run_in_tiny_mode(tmp_path, monkeypatch):
         *(bundle / f for f in ("model.onnx", "tokenizer.json", "labels.json", "thresholds.json", "metrics.json",
                                "MODEL_CARD.md")),
         tmp_path / "reports" / "arxiv_tiny" / "metrics.json",
-        tmp_path / "reports" / "baseline_arxiv_tiny" / "metrics.json",
+        *(tmp_path / "reports" / f"{name}_arxiv_tiny" / "metrics.json" for name in ("tfidf", "embeddings")),
+        tmp_path / "reports" / "compare_arxiv_tiny" / "compare.md",
     ]
     missing = [str(p.relative_to(tmp_path)) for p in expected if not p.is_file()]
     assert not missing, f"not written: {missing}"
