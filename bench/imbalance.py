@@ -25,35 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def train_head(x: np.ndarray, y: np.ndarray, loss_func, single_label: bool, epochs: int, lr: float, batch_size: int,
-               seed: int):
-    """A linear head fitted with minibatch Adam; returns it and the number of optimizer steps."""
-    import torch
-
-    torch.manual_seed(seed)
-    head = torch.nn.Linear(x.shape[1], y.shape[1])
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
-    inputs = torch.as_tensor(x)
-    targets = torch.as_tensor(y.argmax(axis=1)) if single_label else torch.as_tensor(y, dtype=torch.float32)
-    order = torch.Generator().manual_seed(seed)
-    steps = 0
-    for _ in range(epochs):
-        for rows in torch.randperm(len(inputs), generator=order).split(batch_size):
-            optimizer.zero_grad()
-            loss_func(head(inputs[rows]), targets[rows]).backward()
-            optimizer.step()
-            steps += 1
-    return head, steps
-
-
-def probabilities(head, x: np.ndarray, single_label: bool) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        logits = head(torch.as_tensor(x))
-    return (torch.softmax(logits, dim=1) if single_label else torch.sigmoid(logits)).numpy()
-
-
 def main() -> None:
     from papertasks.baseline import split_embeddings
     from papertasks.data import label_matrix, read_labels, read_problem, read_split
@@ -61,6 +32,7 @@ def main() -> None:
     from papertasks.io import write_json
     from papertasks.kfold import sample_rows
     from papertasks.learner import make_loss, positive_weights
+    from papertasks.refit import fit_linear_head, head_probabilities
     from papertasks.train import oversample_rows
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -107,10 +79,12 @@ def main() -> None:
     for name, (options, loss, w, rows) in variants.items():
         x_fit, y_fit = (x["train"], y["train"]) if rows is None else (x["train"][rows], y["train"][rows])
         t0 = time.time()
-        head, steps = train_head(x_fit, y_fit, make_loss(single_label, loss, args.focal_gamma, w), single_label,
-                                 args.epochs, args.lr, args.batch_size, args.seed)
-        report = evaluate_probs(name, labels, y["valid"], probabilities(head, x["valid"], single_label),
-                                y["test"], probabilities(head, x["test"], single_label), args.min_positives, problem)
+        head, steps = fit_linear_head(x_fit, y_fit, make_loss(single_label, loss, args.focal_gamma, w), single_label,
+                                      args.epochs, args.lr, args.batch_size, args.seed)
+        weight, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
+        report = evaluate_probs(name, labels, y["valid"], head_probabilities(weight, bias, x["valid"], single_label),
+                                y["test"], head_probabilities(weight, bias, x["test"], single_label),
+                                args.min_positives, problem)
         test = report["test"]
         keys = ("accuracy", "f1_macro", "f1_weighted", "roc_auc") if single_label else \
             ("f1_micro", "f1_macro", "precision_at_1", "roc_auc_macro")

@@ -29,7 +29,10 @@ def render_model_card(bundle: Path) -> str:
     lines = [
         "# papertasks model card", "",
         f"{kind} over {len(labels)} labels, fine-tuned from `{config.get('base_model')}` "
-        f"({config.get('architecture')}) with fastai, exported to ONNX and quantized to int8 "
+        f"({config.get('architecture')}) with fastai"
+        + (", its last layer then refitted on the training rows (`refit-head`)"
+           if config.get("training", {}).get("head_refit") else "")
+        + ", exported to ONNX and quantized to int8 "
         f"(dynamic, per-channel). Inputs are 'Title. Abstract'; a long one keeps {window} "
         f"{config.get('max_length')}-token window.",
         "", "## Data", "",
@@ -79,7 +82,8 @@ def render_model_card(bundle: Path) -> str:
         lines += ["", "## Thresholds", "",
                   f"Global {thresholds.get('global')}; {tuned} labels have their own threshold tuned on validation "
                   f"(labels with fewer than {thresholds.get('min_positives', '?')} validation positives use the global one)."]
-    export = f"papertasks export --model MODEL_DIR --data DATA_DIR --out deployment/models/{bundle.name}"
+    source = "REFIT_DIR" if config.get("training", {}).get("head_refit") else "MODEL_DIR"
+    export = f"papertasks export --model {source} --data DATA_DIR --out deployment/models/{bundle.name}"
     tolerance = report.get("parity", {}).get("tolerance", {})
     if tolerance.get("int8_max_prob_diff", DEFAULT_MAX_PROB_DIFF) != DEFAULT_MAX_PROB_DIFF:
         export += f" --max-prob-diff {tolerance['int8_max_prob_diff']}"
@@ -112,7 +116,16 @@ def reproduce_commands(prepare: dict, training: dict) -> list[str]:
                or (key == "focal_gamma" and training.get("loss") != "focal") or (key == "loss" and training[key] == "bce"))
         if not off:
             train.append(f"--{key.replace('_', '-')} {training[key]}")
-    return [" ".join(prep), " ".join(train)]
+    commands = [" ".join(prep), " ".join(train)]
+    refit = training.get("head_refit")
+    if refit:  # the model was trained to MODEL_DIR, then its head refitted into REFIT_DIR
+        line = ["papertasks refit-head --model MODEL_DIR --data DATA_DIR --out REFIT_DIR"]
+        for key in ("loss", "focal_gamma", "pos_weight_clip", "oversample_to", "epochs", "lr", "batch_size",
+                    "max_train", "seed"):
+            if refit.get(key) is not None and not (key == "focal_gamma" and refit.get("loss") != "focal"):
+                line.append(f"--{key.replace('_', '-')} {refit[key]}")
+        commands.append(" ".join(line))
+    return commands
 
 
 def write_model_card(bundle: Path) -> None:

@@ -133,7 +133,7 @@ def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int) -
             "training": {k: training.get(k) for k in ("base_model", "max_length", "truncation", "problem", "loss",
                                                        "focal_gamma", "pos_weight_clip", "oversample_to", "batch_size",
                                                        "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed",
-                                                       "train_seconds", "best")}}
+                                                       "train_seconds", "best", "head_refit")}}
 
 
 def export_bundle(model: str, out: str, data_dir: str | None = None, parity_texts: int = 64,

@@ -53,6 +53,12 @@ def _train(args):
         train(cfg)
 
 
+def _refit_head(args):
+    from papertasks.refit import RefitConfig, refit_head
+
+    refit_head(RefitConfig(**{k: v for k, v in vars(args).items() if k in RefitConfig.__dataclass_fields__}))
+
+
 def _evaluate(args):
     from papertasks.evaluate import evaluate_bundle
 
@@ -183,6 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "metric in --out/cv.md) instead of training one model; 0: off")
     p.add_argument("--seed", type=int, default=42)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("refit-head", help="retrain only the last layer of a trained model on all its training rows "
+                                          "(cached features, imbalance options); a new model folder",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="folder written by `train`")
+    p.add_argument("--data", required=True, help="the `prepare` folder it was trained on")
+    p.add_argument("--out", required=True, help="new folder for the model with the refitted head")
+    p.add_argument("--loss", default="bce", choices=("bce", "focal"))
+    p.add_argument("--focal-gamma", type=float, default=2.0)
+    p.add_argument("--pos-weight-clip", type=float, default=10.0, help="as train's (0: off)")
+    p.add_argument("--oversample-to", type=int, default=0, help="as train's (0: off)")
+    p.add_argument("--epochs", type=int, default=30, help="passes over the cached features")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-train", type=int, default=None, help="use at most this many training rows (seeded sample)")
+    p.add_argument("--min-positives", type=int, default=10, help="as evaluate's, for the validation comparison")
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=_refit_head)
 
     p = sub.add_parser("export", help="ONNX export, int8 quantization, parity check, deployment bundle",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -47,19 +47,25 @@ def texts_hash(texts: list[str]) -> str:
 def cached_embeddings(data_dir, name: str, texts: list[str], base_model: str | None = None, max_length: int = 128,
                       truncation: str = "head_tail", batch_size: int = 64) -> np.ndarray:
     """Embeddings of `texts` (the rows of split `name`), from the cache when it holds exactly these
-    texts embedded with these settings, else computed and written (array first, then its JSON)."""
+    texts embedded with these settings, else computed and written."""
     base_model = base_model or offline_base_model()
-    folder = cache_dir(data_dir, base_model, max_length, truncation)
-    array_path, meta_path = folder / f"{name}.npy", folder / f"{name}.json"
     meta = {"rows": len(texts), "texts_sha256": texts_hash(texts), "base_model": base_model,
             "max_length": max_length, "truncation": truncation}
+    return cached_array(cache_dir(data_dir, base_model, max_length, truncation), name, meta,
+                        lambda: embed_texts(texts, base_model, max_length, truncation, batch_size))
+
+
+def cached_array(folder: Path, name: str, meta: dict, compute) -> np.ndarray:
+    """`folder/name.npy` when its JSON twin equals `meta` (rows, texts hash, settings), else
+    `compute()` written there (array first, then its JSON, so a half-written cache is never read)."""
+    array_path, meta_path = Path(folder) / f"{name}.npy", Path(folder) / f"{name}.json"
     if meta_path.is_file() and array_path.is_file() and read_json(meta_path) == meta:
         vectors = np.load(array_path)
-        if vectors.shape[0] == len(texts):
-            log.info("%s embeddings: %d rows from %s", name, len(texts), folder)
+        if vectors.shape[0] == meta["rows"]:
+            log.info("%s: %d rows from %s", name, meta["rows"], folder)
             return vectors
-    log.info("%s embeddings: computing %d rows (cache %s)", name, len(texts), folder)
-    vectors = embed_texts(texts, base_model, max_length, truncation, batch_size)
+    log.info("%s: computing %d rows (cache %s)", name, meta["rows"], folder)
+    vectors = compute()
     with atomic_path(array_path) as tmp, open(tmp, "wb") as f:
         np.save(f, vectors)
     write_json(meta_path, meta)

@@ -1,0 +1,83 @@
+"""`papertasks refit-head`: the last layer refitted on cached features of the fine-tuned encoder."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import assert_clean_error, run_cli
+
+
+def test_head_features_give_the_models_own_logits(tiny_model, tiny_data):
+    """The hooked features times the head's weights are the model's logits: what is refitted is what is served."""
+    from export.onnx_export import load_trained, torch_probs
+    from papertasks.data import read_split
+    from papertasks.refit import head_inputs, head_probabilities, last_linear
+
+    model, tokenizer, labels = load_trained(tiny_model)
+    texts = read_split(tiny_data, "valid")["text"].tolist()[:12]
+    features = head_inputs(model, tokenizer, texts, 64, "head_tail", batch_size=5)  # sorted into other batches
+    layer = last_linear(model, len(labels))
+    probs = head_probabilities(layer.weight.detach().numpy(), layer.bias.detach().numpy(), features, False)
+    np.testing.assert_allclose(probs, torch_probs(model, tokenizer, texts, 64, "head_tail"), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["roberta", "distilbert"])
+def test_last_linear_is_the_label_layer_of_other_encoders(kind):
+    """RoBERTa's head is dense -> out_proj and DistilBERT's pre_classifier -> classifier: the refit takes the last."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from papertasks.refit import last_linear
+
+    sizes = dict(roberta=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+                 distilbert=dict(dim=16, n_layers=1, n_heads=2, hidden_dim=32))[kind]
+    config = AutoConfig.for_model(kind, vocab_size=50, num_labels=16, **sizes)  # as wide as the hidden layer
+    model = AutoModelForSequenceClassification.from_config(config)
+    expected = model.classifier.out_proj if kind == "roberta" else model.classifier
+    assert last_linear(model, 16) is expected
+
+
+def test_refit_head_cli_writes_a_model_that_exports(tiny_model, tiny_data, tmp_path):
+    from export.onnx_export import export_bundle, load_trained
+    from papertasks.io import read_json
+    from papertasks.refit import last_linear
+
+    out = tmp_path / "refit"
+    args = ("refit-head", "--model", tiny_model, "--data", tiny_data, "--max-train", "64", "--out", out,
+            "--epochs", "3", "--loss", "focal", "--oversample-to", "40")
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    before, _, labels = load_trained(tiny_model)
+    after, _, labels_after = load_trained(out)
+    assert labels_after == labels
+    old, new = last_linear(before, len(labels)), last_linear(after, len(labels))
+    assert not np.allclose(old.weight.detach().numpy(), new.weight.detach().numpy())
+    body_before, body_after = before.base_model.state_dict(), after.base_model.state_dict()
+    assert all(np.array_equal(body_before[k].numpy(), body_after[k].numpy()) for k in body_before)
+
+    refit = read_json(out / "training_config.json")["head_refit"]
+    assert refit["loss"] == "focal" and refit["train_rows"] > 64  # rare labels' rows repeated
+    assert set(refit["valid"]) == {"fine-tuned head", "refitted head"}
+    assert read_json(out / "training_config.json")["max_length"] == 64  # the windows of the original training
+
+    again = run_cli(*args[:7], "--out", tmp_path / "again", "--epochs", "1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "train: 64 rows from" in again.stderr  # the features are cached with the model
+
+    export_bundle(str(out), str(tmp_path / "bundle"), data_dir=str(tiny_data), parity_texts=8,
+                  max_prob_diff=0.5, min_same_set=0.0)
+    card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
+    assert "papertasks refit-head --model MODEL_DIR --data DATA_DIR --out REFIT_DIR --loss focal" in card
+    assert "papertasks export --model REFIT_DIR" in card
+
+
+def test_refit_head_refuses_overwriting_and_other_labels(tiny_model, tiny_data, tmp_path):
+    same = run_cli("refit-head", "--model", tiny_model, "--data", tiny_data, "--out", tiny_model)
+    assert_clean_error(same, "refit-head", "--out must be a new folder")
+    other = tmp_path / "data"
+    other.mkdir()
+    for name in ("train.jsonl", "valid.jsonl", "test.jsonl", "report.json"):
+        (other / name).write_bytes((tiny_data / name).read_bytes())
+    (other / "labels.json").write_text('{"cs.XX": 0}')
+    mismatch = run_cli("refit-head", "--model", tiny_model, "--data", other, "--out", tmp_path / "out")
+    assert_clean_error(mismatch, "refit-head", "other labels")
+    assert not (tmp_path / "out").exists()
