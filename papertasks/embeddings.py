@@ -52,19 +52,20 @@ def cached_embeddings(data_dir, name: str, texts: list[str], base_model: str | N
     meta = {"rows": len(texts), "texts_sha256": texts_hash(texts), "base_model": base_model,
             "max_length": max_length, "truncation": truncation}
     return cached_array(cache_dir(data_dir, base_model, max_length, truncation), name, meta,
-                        lambda: embed_texts(texts, base_model, max_length, truncation, batch_size))
+                        lambda: embed_texts(texts, base_model, max_length, truncation, batch_size), "embeddings")
 
 
-def cached_array(folder: Path, name: str, meta: dict, compute) -> np.ndarray:
+def cached_array(folder: Path, name: str, meta: dict, compute, kind: str) -> np.ndarray:
     """`folder/name.npy` when its JSON twin equals `meta` (rows, texts hash, settings), else
-    `compute()` written there (array first, then its JSON, so a half-written cache is never read)."""
+    `compute()` written there (array first, then its JSON, so a half-written cache is never read).
+    `kind` names the vectors in the log ("train embeddings: 100 rows from ...")."""
     array_path, meta_path = Path(folder) / f"{name}.npy", Path(folder) / f"{name}.json"
     if meta_path.is_file() and array_path.is_file() and read_json(meta_path) == meta:
         vectors = np.load(array_path)
         if vectors.shape[0] == meta["rows"]:
-            log.info("%s: %d rows from %s", name, meta["rows"], folder)
+            log.info("%s %s: %d rows from %s", name, kind, meta["rows"], folder)
             return vectors
-    log.info("%s: computing %d rows (cache %s)", name, meta["rows"], folder)
+    log.info("%s %s: computing %d rows (cache %s)", name, kind, meta["rows"], folder)
     vectors = compute()
     with atomic_path(array_path) as tmp, open(tmp, "wb") as f:
         np.save(f, vectors)

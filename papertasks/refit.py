@@ -38,9 +38,9 @@ class RefitConfig:
     out: str
     loss: str = "bce"  # or "focal"
     focal_gamma: float = 2.0
-    pos_weight_clip: float = 10.0  # 0: no positive-class weights
+    pos_weight_clip: float = 0.0  # 0: no positive-class weights (as in train)
     oversample_to: int = 0  # 0: no oversampling
-    epochs: int = 30
+    epochs: int = 120  # 30 left the arXiv head under-trained (bench/refit_head.py)
     lr: float = 3e-3
     batch_size: int = 256
     max_train: int | None = None
@@ -129,7 +129,7 @@ def _cached_head_inputs(model_dir: Path, hf_model, tokenizer, name: str, texts: 
     meta = {"rows": len(texts), "texts_sha256": texts_hash(texts), "weights_sha256": weights,
             "max_length": max_length, "truncation": truncation}
     return cached_array(model_dir / "head_features", name, meta,
-                        lambda: head_inputs(hf_model, tokenizer, texts, max_length, truncation))
+                        lambda: head_inputs(hf_model, tokenizer, texts, max_length, truncation), "head features")
 
 
 def refit_head(cfg: RefitConfig) -> Path:

@@ -71,11 +71,13 @@ def test_notebooks_run_in_tiny_mode(tmp_path, monkeypatch):
 
     data = tmp_path / "data" / "arxiv_tiny"
     model = tmp_path / "models" / "arxiv_tiny"
+    refit = tmp_path / "models" / "arxiv_refit_tiny"  # 02's refitted head, what 03 exports
     bundle = tmp_path / "models" / "arxiv_tiny_bundle"
     expected = [
         *(data / f for f in ("train.jsonl", "valid.jsonl", "test.jsonl", "labels.json", "report.md",
                              "label_frequency.png")),
         model / "model.safetensors", model / "training_config.json", model / "labels.json",
+        refit / "model.safetensors", refit / "training_config.json",
         *(bundle / f for f in ("model.onnx", "tokenizer.json", "labels.json", "thresholds.json", "metrics.json",
                                "MODEL_CARD.md")),
         tmp_path / "reports" / "arxiv_tiny" / "metrics.json",
@@ -84,6 +86,7 @@ def test_notebooks_run_in_tiny_mode(tmp_path, monkeypatch):
     ]
     missing = [str(p.relative_to(tmp_path)) for p in expected if not p.is_file()]
     assert not missing, f"not written: {missing}"
+    assert "refit-head" in (bundle / "MODEL_CARD.md").read_text()
 
     after = snapshot(PROTECTED)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))

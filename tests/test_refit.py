@@ -61,7 +61,8 @@ def test_refit_head_cli_writes_a_model_that_exports(tiny_model, tiny_data, tmp_p
 
     again = run_cli(*args[:7], "--out", tmp_path / "again", "--epochs", "1")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "train: 64 rows from" in again.stderr  # the features are cached with the model
+    assert "train head features: 64 rows from" in again.stderr  # the features are cached with the model
+    assert "head features: computing" not in again.stderr
 
     export_bundle(str(out), str(tmp_path / "bundle"), data_dir=str(tiny_data), parity_texts=8,
                   max_prob_diff=0.5, min_same_set=0.0)
