@@ -149,8 +149,8 @@ def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_p
     problem = evaluation_problem(predictor.single_label, read_problem(data), model, data)
     x_valid, y_valid, x_test, y_test = load_eval_data(data, labels)
     log.info("%s: scoring %d validation and %d test texts with %s", problem, len(x_valid), len(x_test), model)
-    p_valid = _scored(predictor, x_valid, batch_size, "valid")
-    p_test = _scored(predictor, x_test, batch_size, "test")
+    p_valid = score_texts(predictor, x_valid, batch_size, "valid")
+    p_test = score_texts(predictor, x_test, batch_size, "test")
     report = evaluate_probs(bundle_name(predictor), labels, y_valid, p_valid, y_test, p_test,
                             min_positives, problem)
     write_report(report, Path(out), p_test, y_test, labels)
@@ -197,7 +197,9 @@ def evaluation_problem(single_label_model: bool, data_problem: str, model, data)
     return data_problem
 
 
-def _scored(predictor, texts, batch_size, name):
+def score_texts(predictor, texts, batch_size, name):
+    """Probabilities as `evaluate` computes them (chunks of 512, a progress bar); int8 activations are
+    quantized per batch, so anything compared with a report should be scored the same way."""
     from tqdm.auto import tqdm
 
     chunks = [texts[i:i + 512] for i in range(0, len(texts), 512)]
