@@ -19,9 +19,10 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deployment.predictor import Predictor  # noqa: E402
+from deployment.predictor import BundleError, Predictor  # noqa: E402
 from papertasks.baseline import tfidf_model  # noqa: E402
 from papertasks.data import label_matrix, read_split  # noqa: E402
+from papertasks.errors import UserError  # noqa: E402
 from papertasks.evaluate import evaluate_probs, score_texts  # noqa: E402
 from papertasks.io import write_json  # noqa: E402
 
@@ -38,11 +39,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "ensemble.json"))
     args = ap.parse_args()
 
-    predictor = Predictor(args.bundle)
+    try:
+        predictor = Predictor(args.bundle)
+        train, valid, test = (read_split(args.data, s) for s in ("train", "valid", "test"))
+    except (BundleError, UserError) as e:
+        sys.exit(f"ensemble: {e}")
     if predictor.single_label:
-        sys.exit(f"{args.bundle} is single-label; this probe mixes per-label sigmoid scores")
+        sys.exit(f"ensemble: {args.bundle} is single-label; this probe mixes per-label sigmoid scores")
     labels = predictor.labels
-    train, valid, test = (read_split(args.data, s) for s in ("train", "valid", "test"))
     y_valid, y_test = label_matrix(valid["labels"], labels), label_matrix(test["labels"], labels)
     bundle_probs = np.concatenate([score_texts(predictor, df["text"].tolist(), 32, split)
                                    for split, df in (("valid", valid), ("test", test))])

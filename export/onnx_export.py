@@ -26,7 +26,7 @@ from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET
 from deployment.predictor import Predictor, load_labels
 from export.model_card import write_model_card
 from papertasks.errors import UserError
-from papertasks.io import read_json, write_json
+from papertasks.io import read_json, replace_dir, write_json
 from papertasks.paths import OFFLINE_BASE_NAME, offline_base_model
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
         write_json(staging / "export_report.json", report)
         write_model_card(staging)
         write_manifest(staging)  # last: checksums of every file above, checked by Predictor at start
-        _replace_dir(staging, out)
+        replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(json.dumps({"bundle": str(out), **sizes}, indent=2))
@@ -209,14 +209,3 @@ def check_parity(parity: dict) -> None:
 
 def _mb(path: Path) -> float:
     return round(path.stat().st_size / 2**20, 2)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap the finished bundle into place; the old one is removed only after the new one is there."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)

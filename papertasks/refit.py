@@ -26,7 +26,7 @@ import numpy as np
 
 from papertasks.data import label_matrix, read_labels, read_split
 from papertasks.errors import UserError
-from papertasks.io import read_json, write_json
+from papertasks.io import atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +185,12 @@ def refit_head(cfg: RefitConfig) -> Path:
     with torch.no_grad():
         layer.weight.copy_(torch.as_tensor(after[0]))
         layer.bias.copy_(torch.as_tensor(after[1]))
-    hf_model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    write_json(out / "labels.json", {lab: i for i, lab in enumerate(labels)})
-    write_json(out / "training_config.json", {
-        **training, "head_refit": {**asdict(cfg), "train_rows": len(rows), "steps": steps, "seconds": seconds,
-                                   "valid": valid}})
+    with atomic_dir(out) as staging:  # an interrupted save leaves no half model at --out
+        hf_model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        write_json(staging / "labels.json", {lab: i for i, lab in enumerate(labels)})
+        write_json(staging / "training_config.json", {
+            **training, "head_refit": {**asdict(cfg), "train_rows": len(rows), "steps": steps, "seconds": seconds,
+                                       "valid": valid}})
     log.info("head refitted on %d rows (%d steps, %.1fs); model saved to %s", len(rows), steps, seconds, out)
     return out
