@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET
 from deployment.predictor import Predictor, load_labels
 from export.model_card import write_model_card
 from papertasks.errors import UserError
-from papertasks.io import read_json, replace_dir, write_json
+from papertasks.io import atomic_dir, read_json, write_json
 from papertasks.paths import OFFLINE_BASE_NAME, offline_base_model
 
 log = logging.getLogger(__name__)
@@ -147,10 +146,7 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
     work.mkdir(parents=True, exist_ok=True)
     fp32_path = work / "model.onnx"
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o755)
-    try:
+    with atomic_dir(out) as staging:  # a failed export or parity check leaves any earlier bundle as it was
         log.info("exporting %s to ONNX", model_dir)
         export_onnx(hf_model, tokenizer, fp32_path)
         quantize_int8(fp32_path, staging / "model.onnx")
@@ -185,9 +181,6 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
         write_json(staging / "export_report.json", report)
         write_model_card(staging)
         write_manifest(staging)  # last: checksums of every file above, checked by Predictor at start
-        replace_dir(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(json.dumps({"bundle": str(out), **sizes}, indent=2))
     return report
 

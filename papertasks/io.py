@@ -37,12 +37,12 @@ def atomic_dir(path: str | os.PathLike):
     staging.chmod(0o777 & ~_UMASK)
     try:
         yield staging
-        replace_dir(staging, path)
+        _replace_dir(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def replace_dir(new: Path, target: Path) -> None:
+def _replace_dir(new: Path, target: Path) -> None:
     """Swap a finished folder into place; the old one is removed only after the new one is there."""
     target.parent.mkdir(parents=True, exist_ok=True)
     old = target.with_name(f".{target.name}.old")
