@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-frac", type=float, default=0.1, help="ignored with --split-by")
     p.add_argument("--split-by", default=None, help="date field for a time split (rows from --test-from on are the test set)")
     p.add_argument("--test-from", default=None, help="first date of the test set, e.g. 2026-03-01")
+    p.add_argument("--valid-from", default=None,
+                   help="with --split-by: rows from this date up to --test-from are the validation set "
+                        "(default: a stratified random --valid-frac of the earlier rows)")
     p.add_argument("--max-rows", type=int, default=None, help="sample this many rows first (quick experiments, tests)")
     p.add_argument("--no-fold-aliases", dest="fold_aliases", action="store_false",
                    help="keep arXiv cross-listed aliases (eess.SY / cs.SY, ...) as separate labels")

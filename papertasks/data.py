@@ -55,6 +55,7 @@ class PrepareConfig:
     test_frac: float = 0.1
     split_by: str | None = None
     test_from: str | None = None
+    valid_from: str | None = None
     max_rows: int | None = None
     fold_aliases: bool = True
     problem: str = "auto"  # or one of PROBLEMS
@@ -190,20 +191,35 @@ def stratified_holdout(y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarra
 
 def split(df: pd.DataFrame, cfg: PrepareConfig) -> tuple[dict[str, pd.DataFrame], list[str], Counter]:
     """Random: prune on all rows, then stratify test and valid. Time: rows from --test-from on are
-    the test set, labels are pruned on the earlier rows, and valid is stratified out of those."""
+    the test set, labels are pruned on the earlier rows, and valid is either stratified out of those
+    or, with --valid-from, the latest of them (thresholds then meet the label mix of recent papers,
+    as the test set and real use do)."""
+    if cfg.valid_from and not cfg.split_by:
+        raise UserError("--valid-from needs --split-by and --test-from (it is a time split)")
     if cfg.split_by:
         if not cfg.test_from:
             raise UserError("--split-by needs --test-from (the first date of the test set)")
+        if cfg.valid_from and cfg.valid_from >= cfg.test_from:
+            raise UserError(f"--valid-from {cfg.valid_from} must come before --test-from {cfg.test_from}")
         is_test = (df["date"] >= cfg.test_from).to_numpy()
         past, test = df[~is_test], df[is_test]
         if past.empty or test.empty:
             raise UserError(f"--test-from {cfg.test_from} leaves {'no training' if past.empty else 'no test'} rows "
                             f"(dates run {df['date'].min()} .. {df['date'].max()})")
-        labels, counts = choose_labels(past["labels"], cfg.min_count, cfg.top_k)
-        _require_labels(labels, counts, cfg)
-        y = label_matrix(past["labels"], labels)
-        tr, va = stratified_holdout(y, cfg.valid_frac, cfg.seed)
-        parts = {"train": past.iloc[tr], "valid": past.iloc[va], "test": test}
+        if cfg.valid_from:
+            is_valid = (past["date"] >= cfg.valid_from).to_numpy()
+            if is_valid.all() or not is_valid.any():
+                raise UserError(f"--valid-from {cfg.valid_from} leaves {'no training' if is_valid.all() else 'no validation'} "
+                                f"rows before --test-from (dates run {past['date'].min()} .. {past['date'].max()})")
+            train, valid = past[~is_valid], past[is_valid]
+            labels, counts = choose_labels(train["labels"], cfg.min_count, cfg.top_k)
+            _require_labels(labels, counts, cfg)
+        else:
+            labels, counts = choose_labels(past["labels"], cfg.min_count, cfg.top_k)
+            _require_labels(labels, counts, cfg)
+            tr, va = stratified_holdout(label_matrix(past["labels"], labels), cfg.valid_frac, cfg.seed)
+            train, valid = past.iloc[tr], past.iloc[va]
+        parts = {"train": train, "valid": valid, "test": test}
     else:
         labels, counts = choose_labels(df["labels"], cfg.min_count, cfg.top_k)
         _require_labels(labels, counts, cfg)

@@ -41,6 +41,31 @@ def test_time_split_prunes_on_past_rows_and_folds_aliases(arxiv_file, tmp_path):
     assert "| cs.CV |" in (tmp_path / "report.md").read_text()
 
 
+def test_valid_from_holds_out_the_latest_training_months(arxiv_file, tmp_path):
+    report = prepare(PrepareConfig(inputs=[str(arxiv_file)], out=str(tmp_path), min_count=20, max_rows=6000,
+                                   split_by="listing_date", test_from="2026-03-01", valid_from="2026-02-01"))
+    parts = _splits(tmp_path)
+    assert (parts["train"]["date"] < "2026-02-01").all()
+    assert parts["valid"]["date"].between("2026-02-01", "2026-02-31").all()
+    assert (parts["test"]["date"] >= "2026-03-01").all()
+    train_counts = parts["train"]["labels"].explode().value_counts()
+    assert train_counts.min() >= 20, "labels are pruned on the training rows alone"
+    assert report["config"]["valid_from"] == "2026-02-01"
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--valid-from", "2026-02-01"], "--valid-from needs --split-by"),
+    (["--split-by", "listing_date", "--test-from", "2026-03-01", "--valid-from", "2026-03-15"], "must come before"),
+    (["--split-by", "listing_date", "--test-from", "2026-03-01", "--valid-from", "2001-01-01"], "leaves no training rows"),
+])
+def test_bad_valid_from_is_one_clean_line(args, expect, arxiv_rows, tmp_path):
+    months = ("2026-01-10", "2026-02-10", "2026-03-10")
+    src = write_jsonl(tmp_path / "raw.jsonl", [{**row, "listing_date": months[i % 3]} for i, row in enumerate(arxiv_rows[:300])])
+    assert_clean_error(run_cli("prepare", src, "--out", tmp_path / "out", "--labels-json", tmp_path / "vocab.json",
+                               *args), "prepare", expect)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "vocab.json").exists()
+
+
 def test_ids_stay_strings_and_rows_are_deduplicated(arxiv_rows, tmp_path):
     rows = arxiv_rows[:400]
     trailing_zero = [r["id"] for r in rows if str(r["id"]).endswith("0")]
