@@ -4,7 +4,9 @@ Each engine runs in its own subprocess (so peak memory is its own), on the same 
 and batch 32, reporting texts/s, p50/p95 latency, micro-F1 against the true labels (with the
 bundle's thresholds), model size and peak RSS; then the ratios against torch. Variants of the
 served int8 path (length-sorted batches or not, 1 thread or all, ORT's transformer fusion) are
-measured the same way, so what wins and what does not is on record.
+measured the same way, so what wins and what does not is on record, as are other int8 formats
+(7-bit weights; unsigned weights), each against the ONNX fp32 scores of the same texts: on x86 CPUs
+without VNNI, onnxruntime's u8 x s8 kernels can overflow, which `reduce_range` avoids.
 
     python bench/inference.py --model models/arxiv --bundle deployment/models/arxiv --data data/arxiv
 """
@@ -32,7 +34,12 @@ ENGINES = {
     "onnx-int8-unsorted": "int8, batches in input order (padded to the longest of 32 random texts)",
     "onnx-int8-1thread": "int8, intra-op threads = 1",
     "onnx-int8-fused": "int8 of the ORT transformer-optimized graph (fused attention / layer norm / GELU)",
+    "onnx-int8-reduce-range": "int8 with 7-bit weights (reduce_range=True), re-quantized from the fp32 export",
+    "onnx-int8-u8u8": "int8 with unsigned 8-bit weights (QUInt8), re-quantized from the fp32 export",
 }
+REQUANTIZED = {"onnx-int8-fused": dict(fused=True),
+               "onnx-int8-reduce-range": dict(reduce_range=True),
+               "onnx-int8-u8u8": dict(weight_type="QUInt8")}
 
 
 def load_texts(data_dir: Path, n: int, seed: int = 0):
@@ -82,8 +89,8 @@ def run_engine(engine: str, args) -> dict:
             folder = Path(args.model) / "onnx"
         elif engine == "onnx-int8-1thread":
             threads = 1
-        elif engine == "onnx-int8-fused":
-            folder = fused_int8(Path(args.model) / "onnx", Path(args.bundle))
+        elif engine in REQUANTIZED:
+            folder = requantized(Path(args.model) / "onnx", Path(args.bundle), **REQUANTIZED[engine])
         predictor = Predictor(folder, threads=threads)
         predictor.tokenizer.enable_truncation(max_length)
 
@@ -111,12 +118,15 @@ def run_engine(engine: str, args) -> dict:
     from sklearn.metrics import f1_score
 
     result["micro_f1"] = float(f1_score(y, probs >= thresholds, average="micro", zero_division=0))
+    np.save(Path(args.probs_dir) / f"{engine}.npy", probs)
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return result
 
 
-def fused_int8(fp32_dir: Path, bundle: Path) -> Path:
-    """ORT's BERT optimizer on the fp32 export, then the same dynamic int8 quantization."""
+def requantized(fp32_dir: Path, bundle: Path, fused: bool = False, reduce_range: bool = False,
+                weight_type: str = "QInt8") -> Path:
+    """The fp32 export quantized again with other options (optionally after ORT's BERT optimizer),
+    in a bundle folder beside the served one's tokenizer, labels and thresholds."""
     import logging
     import shutil
 
@@ -126,27 +136,45 @@ def fused_int8(fp32_dir: Path, bundle: Path) -> Path:
 
     logging.disable(logging.WARNING)
     config = json.loads((fp32_dir.parent / "config.json").read_text())  # the trained model's HF config
-    out = Path(tempfile.mkdtemp(prefix="fused-"))
+    out = Path(tempfile.mkdtemp(prefix="requantized-"))
     for name in ("tokenizer.json", "labels.json", "config.json", "thresholds.json"):
         shutil.copy(bundle / name, out / name)
-    model = optimizer.optimize_model(str(fp32_dir / "model.onnx"), model_type="bert",
-                                     num_heads=config["num_attention_heads"], hidden_size=config["hidden_size"])
-    model.save_model_to_file(str(out / "fp32.onnx"))
-    quantize_dynamic(str(out / "fp32.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    source = fp32_dir / "model.onnx"
+    if fused:
+        model = optimizer.optimize_model(str(source), model_type="bert",
+                                         num_heads=config["num_attention_heads"], hidden_size=config["hidden_size"])
+        source = out / "fp32.onnx"
+        model.save_model_to_file(str(source))
+    quantize_dynamic(str(source), str(out / "model.onnx"), weight_type=QuantType[weight_type], per_channel=True,
+                     reduce_range=reduce_range,  # the optimizer's fused nodes need the default type spelled out
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {})
     return out
+
+
+def compare_to_fp32(results: list[dict], probs_dir: Path, thresholds: np.ndarray) -> None:
+    """Each engine's scores against ONNX fp32's on the same texts: what quantization alone changes."""
+    reference = np.load(probs_dir / "onnx-fp32.npy")
+    for r in results:
+        probs = np.load(probs_dir / f"{r['engine']}.npy")
+        diff = np.abs(probs - reference)
+        r["vs_fp32"] = {"max_prob_diff": float(diff.max()), "mean_prob_diff": float(diff.mean()),
+                        "same_label_set": float(((probs >= thresholds) == (reference >= thresholds)).all(axis=1).mean())}
 
 
 def render(results: list[dict]) -> str:
     base = next(r for r in results if r["engine"] == "torch-fp32")
+    vs = "vs_fp32" in results[0]
     lines = ["| engine | size MB | peak RSS MB | b1 texts/s | b1 p50 ms | b1 p95 ms | b32 texts/s | b32 p50 ms | "
-             "b32 p95 ms | micro-F1 | b1 x torch | b32 x torch |", "|---|" + "---:|" * 11]
+             "b32 p95 ms | micro-F1 | b1 x torch | b32 x torch |" + (" max diff vs fp32 | mean diff | same labels |" if vs else ""),
+             "|---|" + "---:|" * (14 if vs else 11)]
     for r in results:
         lines.append(f"| {r['engine']} | {r['size_mb']} | {r['peak_rss_mb']} | {r['batch1']['texts_per_s']:.1f} | "
                      f"{r['batch1']['p50_ms']:.1f} | {r['batch1']['p95_ms']:.1f} | {r['batch32']['texts_per_s']:.1f} | "
                      f"{r['batch32']['p50_ms']:.0f} | {r['batch32']['p95_ms']:.0f} | {r['micro_f1']:.3f} | "
                      f"{r['batch1']['texts_per_s'] / base['batch1']['texts_per_s']:.2f} | "
-                     f"{r['batch32']['texts_per_s'] / base['batch32']['texts_per_s']:.2f} |")
+                     f"{r['batch32']['texts_per_s'] / base['batch32']['texts_per_s']:.2f} |"
+                     + (f" {r['vs_fp32']['max_prob_diff']:.4f} | {r['vs_fp32']['mean_prob_diff']:.5f} | "
+                        f"{100 * r['vs_fp32']['same_label_set']:.1f}% |" if vs else ""))
     return "\n".join(lines)
 
 
@@ -162,18 +190,24 @@ def main():
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--out", default="bench/results/inference.json")
     parser.add_argument("--engine", help=argparse.SUPPRESS)  # internal: run one engine and print JSON
+    parser.add_argument("--probs-dir", help=argparse.SUPPRESS)  # internal: where engines leave their scores
     args = parser.parse_args()
     if args.engine:
         print(json.dumps(run_engine(args.engine, args)))
         return
     results = []
-    for engine in args.engines:
-        cmd = [sys.executable, __file__, "--engine", engine, *sys.argv[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if proc.returncode:
-            sys.exit(f"{engine} failed:\n{proc.stderr[-3000:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"measured {engine}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="inference-bench-") as probs_dir:
+        for engine in args.engines:
+            cmd = [sys.executable, __file__, "--engine", engine, "--probs-dir", probs_dir, *sys.argv[1:]]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if proc.returncode:
+                sys.exit(f"{engine} failed:\n{proc.stderr[-3000:]}")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"measured {engine}", file=sys.stderr)
+        if "onnx-fp32" in args.engines:
+            from deployment.predictor import Predictor
+
+            compare_to_fp32(results, Path(probs_dir), Predictor(args.bundle).thresholds)
     table = render(results)
     print(f"{args.texts} test abstracts (batch 32), {args.single} (batch 1), at most {results[0]['max_length']} tokens, "
           f"{os.cpu_count()} cores\n")

@@ -33,7 +33,7 @@ def render_model_card(bundle: Path) -> str:
         + (", its last layer then refitted on the training rows (`refit-head`)"
            if config.get("training", {}).get("head_refit") else "")
         + ", exported to ONNX and quantized to int8 "
-        f"(dynamic, per-channel). Inputs are 'Title. Abstract'; a long one keeps {window} "
+        f"(dynamic, per-channel{', 7-bit weights' if report.get('quantization', {}).get('reduce_range') else ''}). Inputs are 'Title. Abstract'; a long one keeps {window} "
         f"{config.get('max_length')}-token window.",
         "", "## Data", "",
     ]
@@ -84,6 +84,8 @@ def render_model_card(bundle: Path) -> str:
                   f"(labels with fewer than {thresholds.get('min_positives', '?')} validation positives use the global one)."]
     source = "REFIT_DIR" if config.get("training", {}).get("head_refit") else "MODEL_DIR"
     export = f"papertasks export --model {source} --data DATA_DIR --out deployment/models/{bundle.name}"
+    if report.get("quantization", {}).get("reduce_range"):
+        export += " --reduce-range"
     tolerance = report.get("parity", {}).get("tolerance", {})
     if tolerance.get("int8_max_prob_diff", DEFAULT_MAX_PROB_DIFF) != DEFAULT_MAX_PROB_DIFF:
         export += f" --max-prob-diff {tolerance['int8_max_prob_diff']}"
@@ -106,6 +108,8 @@ def reproduce_commands(prepare: dict, training: dict) -> list[str]:
         prep.append(f"--top-k {prepare['top_k']}")
     if prepare.get("split_by"):
         prep.append(f"--split-by {prepare['split_by']} --test-from {prepare['test_from']}")
+        if prepare.get("valid_from"):
+            prep.append(f"--valid-from {prepare['valid_from']}")
     if prepare.get("fold_aliases") is False:
         prep.append("--no-fold-aliases")
     prep.append(f"--seed {prepare.get('seed', 42)}")

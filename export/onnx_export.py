@@ -74,10 +74,13 @@ def export_onnx(model, tokenizer, path: Path) -> None:
                           opset_version=OPSET, dynamo=False)
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
+def quantize_int8(fp32_path: Path, int8_path: Path, reduce_range: bool = False) -> None:
+    """Dynamic int8, signed per-channel weights; `reduce_range` keeps weights to 7 bits, so that the
+    u8 x s8 products of x86 CPUs without VNNI cannot overflow (bench/inference.py measures both)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True)
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
+                     reduce_range=reduce_range)
 
 
 def torch_probs(model, tokenizer, texts: list[str], max_length: int, truncation: str,
@@ -136,7 +139,8 @@ def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int) -
 
 
 def export_bundle(model: str, out: str, data_dir: str | None = None, parity_texts: int = 64,
-                  max_prob_diff: float = DEFAULT_MAX_PROB_DIFF, min_same_set: float = DEFAULT_MIN_SAME_SET, work_dir: str | None = None) -> dict:
+                  max_prob_diff: float = DEFAULT_MAX_PROB_DIFF, min_same_set: float = DEFAULT_MIN_SAME_SET, work_dir: str | None = None,
+                  reduce_range: bool = False) -> dict:
     model_dir, out = Path(model), Path(out)
     hf_model, tokenizer, labels = load_trained(model_dir)
     training_path = model_dir / "training_config.json"
@@ -149,7 +153,7 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
     with atomic_dir(out) as staging:  # a failed export or parity check leaves any earlier bundle as it was
         log.info("exporting %s to ONNX", model_dir)
         export_onnx(hf_model, tokenizer, fp32_path)
-        quantize_int8(fp32_path, staging / "model.onnx")
+        quantize_int8(fp32_path, staging / "model.onnx", reduce_range)
         tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
         write_json(staging / "labels.json", {lab: i for i, lab in enumerate(labels)})
         thresholds_src = model_dir / "thresholds.json"
@@ -172,7 +176,8 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
                                 "int8_min_same_label_set": min_same_set}}
         sizes = {"torch_safetensors_mb": _mb(model_dir / "model.safetensors"),
                  "onnx_fp32_mb": _mb(fp32_path), "onnx_int8_mb": _mb(staging / "model.onnx")}
-        report = {"parity": parity, "sizes": sizes, "opset": OPSET, "source_model": str(model_dir)}
+        report = {"parity": parity, "sizes": sizes, "opset": OPSET, "source_model": str(model_dir),
+                  "quantization": {"weights": "int8, per channel", "reduce_range": reduce_range}}
         log.info("sizes (MB): torch %.1f, ONNX fp32 %.1f, ONNX int8 %.1f", *sizes.values())
         log.info("parity on %d texts: fp32 max diff %.2e; int8 max diff %.3f, same label set %.1f%%", len(texts),
                  parity["onnx_fp32_vs_torch"]["max_prob_diff"], parity["onnx_int8_vs_torch"]["max_prob_diff"],

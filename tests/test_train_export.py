@@ -73,6 +73,27 @@ def test_export_bundle_sizes_and_parity(tiny_bundle, tiny_model):
     assert "ONNX int8" in card and "papertasks train --data DATA_DIR" in card
 
 
+def _int8_weight_range(bundle) -> int:
+    import onnx
+    from onnx import numpy_helper
+
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(bundle / "model.onnx")).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8]
+    return max(int(np.abs(w.astype(np.int16)).max()) for w in weights)
+
+
+def test_reduce_range_export_keeps_weights_to_7_bits(tiny_model, tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    result = run_cli("export", "--model", tiny_model, "--out", bundle, "--work-dir", tmp_path / "fp32",
+                     "--parity-texts", "8", "--max-prob-diff", "0.5", "--min-same-set", "0", "--reduce-range")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _int8_weight_range(tiny_bundle) > 64 >= _int8_weight_range(bundle)
+    assert json.loads((bundle / "export_report.json").read_text())["quantization"]["reduce_range"] is True
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "7-bit weights" in card and "--reduce-range" in card
+    assert Predictor(bundle).predict_proba(["Graph neural networks for molecules."]).shape == (1, len(Predictor(bundle).labels))
+
+
 def test_onnx_matches_torch_on_padded_batches(tiny_model, tiny_bundle):
     """Batches of very different lengths exercise padding and the dynamic axes (the fp32 ONNX that
     building tiny_bundle leaves in <model>/onnx)."""
