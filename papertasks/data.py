@@ -212,11 +212,9 @@ def split(df: pd.DataFrame, cfg: PrepareConfig) -> tuple[dict[str, pd.DataFrame]
                 raise UserError(f"--valid-from {cfg.valid_from} leaves {'no training' if is_valid.all() else 'no validation'} "
                                 f"rows before --test-from (dates run {past['date'].min()} .. {past['date'].max()})")
             train, valid = past[~is_valid], past[is_valid]
-            labels, counts = choose_labels(train["labels"], cfg.min_count, cfg.top_k)
-            _require_labels(labels, counts, cfg)
-        else:
-            labels, counts = choose_labels(past["labels"], cfg.min_count, cfg.top_k)
-            _require_labels(labels, counts, cfg)
+        labels, counts = choose_labels((train if cfg.valid_from else past)["labels"], cfg.min_count, cfg.top_k)
+        _require_labels(labels, counts, cfg)
+        if not cfg.valid_from:
             tr, va = stratified_holdout(label_matrix(past["labels"], labels), cfg.valid_frac, cfg.seed)
             train, valid = past.iloc[tr], past.iloc[va]
         parts = {"train": train, "valid": valid, "test": test}
