@@ -29,13 +29,7 @@ from papertasks.data import label_matrix, read_labels, read_problem, read_split 
 from papertasks.errors import UserError  # noqa: E402
 from papertasks.evaluate import evaluate_probs  # noqa: E402
 from papertasks.io import write_json  # noqa: E402
-
-METRICS = ("f1_micro", "f1_macro", "precision_at_1", "roc_auc_macro")
-
-
-def summary(report: dict) -> dict:
-    return {"per-label thresholds": {m: round(report["test"][m], 4) for m in METRICS},
-            "global threshold": {m: round(report["test_global_threshold"][m], 4) for m in METRICS[:2]}}
+from bench.split_metrics import print_table, summary  # noqa: E402
 
 
 def run(data: str, rows: int, folds: int, seed: int) -> dict:
@@ -91,12 +85,7 @@ def main() -> None:
     except UserError as e:
         sys.exit(f"time_shift: {e}")
     print(f"\ntest: {results['test_rows']} rows, {results['labels']} labels (TF-IDF + logistic regression)")
-    print("| trained on | rows | micro-F1 | macro-F1 | P@1 | ROC-AUC macro | micro-F1 (global) | macro-F1 (global) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, v in results["variants"].items():
-        p, g = v["per-label thresholds"], v["global threshold"]
-        print(f"| {name} | {v['train_rows']} | {p['f1_micro']:.3f} | {p['f1_macro']:.3f} | {p['precision_at_1']:.3f} "
-              f"| {p['roc_auc_macro']:.3f} | {g['f1_micro']:.3f} | {g['f1_macro']:.3f} |")
+    print_table("trained on", results["variants"], extra="train_rows")
     write_json(args.out, results)
 
 

@@ -283,8 +283,11 @@ def read_split(data_dir: str | Path, name: str) -> pd.DataFrame:
 def read_labels(data_dir: str | Path) -> list[str]:
     from deployment.predictor import BundleError, load_labels
 
+    path = Path(data_dir) / "labels.json"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; run `papertasks prepare ... --out {data_dir}` first")
     try:
-        return load_labels(Path(data_dir) / "labels.json")
+        return load_labels(path)
     except BundleError as e:
         raise UserError(str(e)) from None
 
