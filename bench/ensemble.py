@@ -25,8 +25,7 @@ from papertasks.data import label_matrix, read_split  # noqa: E402
 from papertasks.errors import UserError  # noqa: E402
 from papertasks.evaluate import evaluate_probs, score_texts  # noqa: E402
 from papertasks.io import write_json  # noqa: E402
-
-METRICS = ("f1_micro", "f1_macro", "precision_at_1", "roc_auc_macro")
+from bench.split_metrics import METRICS  # noqa: E402
 
 
 def main() -> None:

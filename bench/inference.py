@@ -128,19 +128,18 @@ def requantized(fp32_dir: Path, bundle: Path, fused: bool = False, reduce_range:
     """The fp32 export quantized again with other options (optionally after ORT's BERT optimizer),
     in a bundle folder beside the served one's tokenizer, labels and thresholds."""
     import logging
-    import shutil
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
 
+    from export.onnx_export import copy_bundle_files
+
     logging.disable(logging.WARNING)
-    config = json.loads((fp32_dir.parent / "config.json").read_text())  # the trained model's HF config
-    out = Path(tempfile.mkdtemp(prefix="requantized-"))
-    for name in ("tokenizer.json", "labels.json", "config.json", "thresholds.json"):
-        shutil.copy(bundle / name, out / name)
+    out = copy_bundle_files(bundle, Path(tempfile.mkdtemp(prefix="requantized-")))
     source = fp32_dir / "model.onnx"
     if fused:
+        config = json.loads((fp32_dir.parent / "config.json").read_text())  # the trained model's HF config
         model = optimizer.optimize_model(str(source), model_type="bert",
                                          num_heads=config["num_attention_heads"], hidden_size=config["hidden_size"])
         source = out / "fp32.onnx"

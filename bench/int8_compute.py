@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,20 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deployment.predictor import BundleError, Predictor  # noqa: E402
-from export.onnx_export import quantize_int8  # noqa: E402
+from export.onnx_export import copy_bundle_files, quantize_int8  # noqa: E402
 from papertasks.errors import UserError  # noqa: E402
 from papertasks.evaluate import evaluate_probs, load_eval_data, score_texts  # noqa: E402
 from papertasks.io import write_json  # noqa: E402
 from bench.split_metrics import print_table, summary  # noqa: E402
-
-
-def bundle_files_beside(bundle: Path, folder: Path) -> Path:
-    """A new bundle folder with `bundle`'s tokenizer, labels, config and thresholds, for another model.onnx."""
-    folder.mkdir()
-    for name in ("tokenizer.json", "labels.json", "config.json", "thresholds.json"):
-        if (bundle / name).is_file():
-            shutil.copy(bundle / name, folder / name)
-    return folder
 
 
 def float_arithmetic_graph(int8_path: Path, out_path: Path) -> int:
@@ -97,9 +87,9 @@ def main() -> None:
             raise UserError(f"{args.bundle}: this bench is for multi-label bundles")
         x_valid, y_valid, x_test, y_test = load_eval_data(args.data, bundle.labels)
         with tempfile.TemporaryDirectory(prefix="int8-compute-") as tmp:
-            floated = bundle_files_beside(Path(args.bundle), Path(tmp) / "fp32_arithmetic")
+            floated = copy_bundle_files(Path(args.bundle), Path(tmp) / "fp32_arithmetic")
             rewritten = float_arithmetic_graph(Path(args.bundle) / "model.onnx", floated / "model.onnx")
-            reduced = bundle_files_beside(floated, Path(tmp) / "reduce_range")
+            reduced = copy_bundle_files(floated, Path(tmp) / "reduce_range")
             quantize_int8(floated / "model.onnx", reduced / "model.onnx", reduce_range=True)
             engines = {"int8 arithmetic (the bundle as served)": bundle,
                        "fp32 arithmetic, same int8 weights": Predictor(floated),

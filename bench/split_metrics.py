@@ -1,5 +1,5 @@
 """The headline metrics of an `evaluate` report, kept and printed the same way by the benches that
-score several models on one split (time_shift.py, int8_compute.py)."""
+score several models on one split (time_shift.py, int8_compute.py; ensemble.py uses METRICS)."""
 from __future__ import annotations
 
 METRICS = ("f1_micro", "f1_macro", "precision_at_1", "roc_auc_macro")

@@ -43,8 +43,10 @@ def run(data: str, rows: int, folds: int, seed: int) -> dict:
     fit_predict = tfidf_model(labels, single_label=False)
     y_valid, y_test = label_matrix(valid["labels"], labels), label_matrix(test["labels"], labels)
 
+    heldout = pd.concat([valid, test], ignore_index=True)
+
     def scored_on_split(name: str, train_rows: pd.DataFrame) -> dict:
-        probs = fit_predict(train_rows.reset_index(drop=True), pd.concat([valid, test], ignore_index=True))
+        probs = fit_predict(train_rows.reset_index(drop=True), heldout)
         report = evaluate_probs(name, labels, y_valid, probs[:len(valid)], y_test, probs[len(valid):], 10, "multi-label")
         print(f"{name}: {summary(report)}", flush=True)
         return {"train_rows": len(train_rows), **summary(report)}

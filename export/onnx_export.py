@@ -74,6 +74,19 @@ def export_onnx(model, tokenizer, path: Path) -> None:
                           opset_version=OPSET, dynamo=False)
 
 
+BUNDLE_FILES = ("tokenizer.json", "labels.json", "config.json", "thresholds.json")  # beside model.onnx
+
+
+def copy_bundle_files(source: Path, folder: Path, names=BUNDLE_FILES) -> Path:
+    """Make `folder` a bundle for another model.onnx: `source`'s tokenizer, labels, config, thresholds
+    (those it has)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (source / name).is_file():
+            shutil.copy(source / name, folder / name)
+    return folder
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path, reduce_range: bool = False) -> None:
     """Dynamic int8, signed per-channel weights; `reduce_range` keeps weights to 7 bits, so that the
     u8 x s8 products of x86 CPUs without VNNI cannot overflow (bench/inference.py measures both)."""
@@ -161,8 +174,7 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
                    read_json(thresholds_src) if thresholds_src.is_file() else {"global": 0.5, "per_label": {}})
         config = bundle_config(model_dir, tokenizer, training, max_length)
         write_json(staging / "config.json", config)
-        for name in ("tokenizer.json", "labels.json", "config.json"):
-            shutil.copy(staging / name, work / name)
+        copy_bundle_files(staging, work, names=("tokenizer.json", "labels.json", "config.json"))
 
         texts = load_parity_texts(data_dir, parity_texts)
         int8 = Predictor(staging)
