@@ -78,7 +78,7 @@ def _baseline(args):
 def _compare(args):
     from papertasks.compare import compare_reports
 
-    print(compare_reports(args.reports, out=args.out)[1], end="")
+    print(compare_reports(args.reports, out=args.out, resamples=args.bootstrap, seed=args.seed)[1], end="")
 
 
 def _export(args):
@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "--out reports/compare_arxiv")
     p.add_argument("reports", nargs="+", help="report folders (each with metrics.json), the model first")
     p.add_argument("--out", default=None, help="also write compare.md and compare.json here")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="paired bootstrap resamples of the test papers for each lead's 95%% interval (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="of the bootstrap resamples")
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("predict", help="batch prediction: JSONL/CSV in, JSONL out (id, labels, scores)",

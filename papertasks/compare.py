@@ -5,11 +5,15 @@ Every report must come from the same split (same labels, same validation and tes
 numbers are not comparable and the command stops. Multi-label reports give two rows each: tuned
 per-label thresholds (what is served by default) and the one global threshold; single-label reports
 one row (the top class).
+
+Each lead comes with a 95% interval from a paired bootstrap of the test papers (papertasks.bootstrap),
+where both reports kept their test scores: a lead whose interval holds 0 is within test-sampling noise.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from papertasks.bootstrap import full_sample_metrics, paired_bootstrap, read_test_scores
 from papertasks.errors import UserError
 from papertasks.evaluate import HEADLINE_HEADER, SINGLE_LABEL_HEADER, headline_row, is_single_label
 from papertasks.io import read_json, write_json, write_text
@@ -41,11 +45,23 @@ def check_same_split(reports: list[dict], folders: list[str]) -> None:
                             + ", ".join(f"{k} {report.get(k)} vs {first.get(k)}" for k in differ) + ")")
 
 
-def compare_reports(folders: list[str], out=None) -> tuple[dict, str]:
-    """Rows of every report, and the lead of the first over each other one, per threshold setting;
-    and the same as a markdown table."""
+def check_scores_match(report: dict, scores: dict, settings: list[str], metrics: tuple[str, ...],
+                       folder) -> None:
+    """The kept test scores must reproduce the report's numbers (not left over from another run)."""
+    for setting in settings:
+        recomputed = full_sample_metrics(report, scores, setting)
+        if any(abs(recomputed[m] - report[setting][m]) > 1e-5 for m in metrics):
+            raise UserError(f"{folder}: test_scores.npz does not match metrics.json (from another run?); "
+                            "rerun the command that wrote the report")
+
+
+def compare_reports(folders: list[str], out=None, resamples: int = 1000, seed: int = 0) -> tuple[dict, str]:
+    """Rows of every report, and the lead of the first over each other one, per threshold setting,
+    with bootstrap intervals (`resamples` 0: none); and the same as a markdown table."""
     if len(folders) < 2:
         raise UserError("give at least two report folders: the model, then what it is compared with")
+    if resamples < 0:
+        raise UserError(f"--bootstrap {resamples}: give a number of resamples, or 0 for no intervals")
     reports = [read_report(f) for f in folders]
     check_same_split(reports, folders)
     names = [r["model"] for r in reports]
@@ -55,13 +71,24 @@ def compare_reports(folders: list[str], out=None) -> tuple[dict, str]:
     single = is_single_label(reports[0])
     kind = "single-label" if single else "multi-label"
     settings = ["test"] if single else list(SETTINGS)
+    metrics = LEAD_METRICS[kind]
+    scores = [read_test_scores(f) if resamples else None for f in folders]
+    for report, kept, folder in zip(reports, scores, folders):
+        if kept is not None:
+            check_scores_match(report, kept, settings, metrics, folder)
     leads = []
-    for other in reports[1:]:
+    for other, other_scores in zip(reports[1:], scores[1:]):
         for setting in settings:
-            leads.append({"model": reports[0]["model"], "against": other["model"],
-                          "setting": "top class" if single else SETTINGS[setting],
-                          **{m: _lead(reports[0][setting][m], other[setting][m]) for m in LEAD_METRICS[kind]}})
+            lead = {"model": reports[0]["model"], "against": other["model"],
+                    "setting": "top class" if single else SETTINGS[setting],
+                    **{m: _lead(reports[0][setting][m], other[setting][m]) for m in metrics}}
+            if scores[0] is not None and other_scores is not None:
+                lead["interval_95"] = paired_bootstrap((reports[0], scores[0]), (other, other_scores), setting,
+                                                       metrics, resamples, seed)
+            leads.append(lead)
     result = {"problem": reports[0].get("problem", "multi-label"), "test_rows": reports[0]["test_rows"],
+              "bootstrap": {"resamples": resamples, "seed": seed,
+                            "without_scores": [str(f) for f, kept in zip(folders, scores) if kept is None]},
               "reports": {str(f): r["model"] for f, r in zip(folders, reports)},
               "rows": [{"model": r["model"], "setting": "top class" if single else SETTINGS[s],
                         **_scalars(r[s])} for r in reports for s in settings],
@@ -99,6 +126,22 @@ def render_comparison(reports: list[dict], settings: list[str], result: dict) ->
     lines += ["", f"Lead of {reports[0]['model']} (points):", "",
               "| against | thresholds | " + " | ".join(metrics) + " |", "|---|---|" + "---:|" * len(metrics)]
     for lead in result["lead"]:
-        cells = " | ".join("n/a" if lead[m] is None else f"{100 * lead[m]:+.1f}" for m in metrics)
+        cells = " | ".join(_lead_cell(lead, m) for m in metrics)
         lines.append(f"| {lead['against']} | {lead['setting']} | {cells} |")
+    boot = result["bootstrap"]
+    if any("interval_95" in lead for lead in result["lead"]):
+        lines += ["", f"In brackets: the 95% interval of the lead over {boot['resamples']} paired bootstrap resamples "
+                      "of the test papers (thresholds as tuned on validation). An interval that holds 0 is "
+                      "within test-sampling noise."]
+    if boot["resamples"] and boot["without_scores"]:
+        lines += ["", "No interval against a report without test_scores.npz (written before evaluate and baseline "
+                      "kept their test scores; rerun its command): " + ", ".join(boot["without_scores"]) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _lead_cell(lead: dict, metric: str) -> str:
+    if lead[metric] is None:
+        return "n/a"
+    cell = f"{100 * lead[metric]:+.1f}"
+    interval = lead.get("interval_95", {}).get(metric)
+    return cell if interval is None else f"{cell} ({100 * interval['low']:+.1f} .. {100 * interval['high']:+.1f})"

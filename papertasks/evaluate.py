@@ -213,8 +213,12 @@ def is_single_label(report: dict) -> bool:
 
 
 def write_report(report: dict, out: Path, p_test: np.ndarray, y_test: np.ndarray, labels: list[str]) -> None:
-    """metrics.json, report.md (headline + per-label table) and plots: per-label F1 with the
-    precision-recall curve (multi-label) or the confusion matrix (single-label)."""
+    """metrics.json, report.md (headline + per-label table), the test scores (for `compare`'s
+    bootstrap) and plots: per-label F1 with the precision-recall curve (multi-label) or the
+    confusion matrix (single-label)."""
+    from papertasks.bootstrap import write_test_scores
+
+    write_test_scores(out, p_test, y_test, labels)
     write_json(out / "metrics.json", report)
     _plot_per_label(report["test"]["per_label"], out / "per_label_f1.png")
     t = report["test"]

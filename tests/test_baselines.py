@@ -216,6 +216,44 @@ def test_compare_puts_reports_side_by_side_with_the_lead(tiny_data, pwc_data, tm
     assert_clean_error(run_cli("compare", tmp_path / "tfidf"), "compare", "at least two")
 
 
+def test_compare_gives_each_lead_a_bootstrap_interval(tiny_data, pwc_data, tmp_path):
+    runs = [run_cli("baseline", "--data", tiny_data, "--out", tmp_path / "tfidf", "--min-positives", "3"),
+            run_cli("baseline", "--data", tiny_data, "--out", tmp_path / "small", "--max-train", "150",
+                    "--min-positives", "3"),
+            run_cli("baseline", "--data", pwc_data, "--out", tmp_path / "pwc"),
+            run_cli("baseline", "--data", pwc_data, "--out", tmp_path / "pwc_small", "--max-train", "80")]
+    assert all(r.returncode == 0 for r in runs), [r.stderr[-2000:] for r in runs]
+    for first, other, metric in (("tfidf", "small", "f1_micro"), ("pwc", "pwc_small", "accuracy")):
+        result = run_cli("compare", tmp_path / first, tmp_path / other, "--out", tmp_path / f"cmp_{first}",
+                         "--bootstrap", "300")
+        assert result.returncode == 0, result.stderr[-3000:]
+        compared = json.loads((tmp_path / f"cmp_{first}" / "compare.json").read_text())
+        assert compared["bootstrap"] == {"resamples": 300, "seed": 0, "without_scores": []}
+        for lead in compared["lead"]:
+            interval = lead["interval_95"][metric]
+            assert interval["low"] <= lead[metric] <= interval["high"] and interval["low"] < interval["high"]
+            assert 0 <= interval["first_leads"] <= 1
+        cell = f"{100 * lead[metric]:+.1f} ({100 * interval['low']:+.1f} .. {100 * interval['high']:+.1f})"
+        assert cell in result.stdout and "paired bootstrap" in result.stdout
+
+    same = run_cli("compare", tmp_path / "tfidf", tmp_path / "tfidf", "--out", tmp_path / "cmp_same")
+    assert same.returncode == 0, same.stderr[-3000:]
+    for lead in json.loads((tmp_path / "cmp_same" / "compare.json").read_text())["lead"]:
+        assert all(v == {"low": 0.0, "high": 0.0, "first_leads": 0.0} for v in lead["interval_95"].values())
+
+    no_intervals = run_cli("compare", tmp_path / "tfidf", tmp_path / "small", "--bootstrap", "0")
+    assert no_intervals.returncode == 0 and " .. " not in no_intervals.stdout and "bootstrap" not in no_intervals.stdout
+
+    shutil.copy(tmp_path / "small" / "test_scores.npz", tmp_path / "tfidf" / "test_scores.npz")
+    assert_clean_error(run_cli("compare", tmp_path / "tfidf", tmp_path / "small"), "compare", "does not match")
+    (tmp_path / "tfidf" / "test_scores.npz").unlink()
+    older = run_cli("compare", tmp_path / "tfidf", tmp_path / "small")
+    assert older.returncode == 0, older.stderr[-3000:]
+    assert " .. " not in older.stdout and "no test_scores.npz" in older.stdout and str(tmp_path / "tfidf") in older.stdout
+    assert_clean_error(run_cli("compare", tmp_path / "pwc", tmp_path / "small", "--bootstrap", "-1"), "compare",
+                       "--bootstrap -1")
+
+
 def test_fine_tune_folds_report_mean_and_std(pwc_data, tmp_path):
     """`train --folds 2` on a single-label slice: one small fine-tune per fold, the held-out rows scored."""
     result = run_cli("train", "--data", pwc_data, "--out", tmp_path, "--folds", "2", "--max-train", "60",

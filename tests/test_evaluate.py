@@ -143,3 +143,22 @@ def test_evaluate_single_label_bundle(tiny_pwc_bundle, tiny_data, tmp_path):
     assert predictor.single_label and predictor.global_threshold == 0.0 and predictor.decide(probs).sum() == 1
     with pytest.raises(UserError, match="single-label model"):
         evaluate_bundle(str(bundle), str(tiny_data), str(tmp_path / "wrong"), update_bundle=False)
+
+
+def test_bootstrap_weights_are_resampled_rows():
+    """A resample weighted by draw counts scores exactly as the drawn rows, repeated, score in evaluate."""
+    from papertasks.bootstrap import resampled_metrics
+
+    rng = np.random.default_rng(3)
+    y = rng.random((400, 6)) < [0.5, 0.3, 0.1, 0.05, 0.02, 0.01]
+    probs = np.clip(y * 0.4 + rng.random((400, 6)) * 0.7, 0, 1)
+    cut = np.array([0.5, 0.45, 0.6, 0.4, 0.5, 0.3])
+    labels = [f"l{j}" for j in range(6)]
+    draws = [rng.integers(0, 400, 400) for _ in range(3)]
+    weights = np.stack([np.bincount(d, minlength=400) for d in draws]).astype(np.float32)
+    hit = y[np.arange(400), np.argsort(-probs, axis=1)[:, 0]]
+    resampled = resampled_metrics(y, probs >= cut, hit, weights)
+    for i, d in enumerate(draws):
+        expected = compute_metrics(y[d], probs[d], cut, labels)
+        for metric in ("f1_micro", "f1_macro", "precision_at_1"):
+            assert resampled[metric][i] == pytest.approx(expected[metric], abs=1e-6)
