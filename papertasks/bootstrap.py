@@ -21,8 +21,9 @@ CHUNK = 200  # resamples per matrix product: 200 x n test papers of float32
 
 
 def write_test_scores(out: Path, probs: np.ndarray, y: np.ndarray, labels: list[str]) -> None:
+    """Probabilities in their own precision: rounding could move one across a threshold."""
     with atomic_path(Path(out) / SCORES_FILE) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, probs=probs.astype(np.float32), y=y.astype(bool), labels=np.array(labels))
+        np.savez_compressed(f, probs=np.asarray(probs), y=y.astype(bool), labels=np.array(labels))
 
 
 def read_test_scores(folder) -> dict | None:
