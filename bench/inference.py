@@ -161,10 +161,12 @@ def compare_to_fp32(results: list[dict], probs_dir: Path, thresholds: np.ndarray
 
 
 def render(results: list[dict]) -> str:
-    base = next(r for r in results if r["engine"] == "torch-fp32")
+    """Speeds relative to torch fp32, or to the first engine when torch was not measured."""
+    base = next((r for r in results if r["engine"] == "torch-fp32"), results[0])
+    name = "torch" if base["engine"] == "torch-fp32" else base["engine"]
     vs = "vs_fp32" in results[0]
     lines = ["| engine | size MB | peak RSS MB | b1 texts/s | b1 p50 ms | b1 p95 ms | b32 texts/s | b32 p50 ms | "
-             "b32 p95 ms | micro-F1 | b1 x torch | b32 x torch |" + (" max diff vs fp32 | mean diff | same labels |" if vs else ""),
+             f"b32 p95 ms | micro-F1 | b1 x {name} | b32 x {name} |" + (" max diff vs fp32 | mean diff | same labels |" if vs else ""),
              "|---|" + "---:|" * (14 if vs else 11)]
     for r in results:
         lines.append(f"| {r['engine']} | {r['size_mb']} | {r['peak_rss_mb']} | {r['batch1']['texts_per_s']:.1f} | "
