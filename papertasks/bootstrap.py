@@ -59,11 +59,12 @@ def resampled_metrics(y: np.ndarray, pred: np.ndarray, top1_hit: np.ndarray, wei
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
         micro = 2 * tp.sum(1) / np.maximum(2 * tp.sum(1) + fp.sum(1) + fn.sum(1), 1e-12)
     present = support > 0
+    top1 = weights @ top1_hit.astype(np.float32) / n  # precision@1 (multi-label) is accuracy (single-label)
     return {"f1_micro": micro,
             "f1_macro": (f1 * present).sum(1) / present.sum(1),
             "f1_weighted": (f1 * support).sum(1) / support.sum(1),
-            "precision_at_1": weights @ top1_hit.astype(np.float32) / n,
-            "accuracy": weights @ top1_hit.astype(np.float32) / n}
+            "precision_at_1": top1,
+            "accuracy": top1}
 
 
 def paired_bootstrap(first: tuple[dict, dict], other: tuple[dict, dict], setting: str, metrics: tuple[str, ...],
