@@ -57,7 +57,9 @@ def render_model_card(bundle: Path) -> str:
     parity = report.get("parity")
     if parity:
         fp32, int8 = parity["onnx_fp32_vs_torch"], parity["onnx_int8_vs_torch"]
-        lines += ["", f"## Parity (on {parity['texts']} validation texts)", "",
+        where = parity.get("measured_on")  # bundles exported before it was recorded lack it
+        where = f"; on {where['cpu']}, int8 kernels: {where['int8_kernels']}" if where else ""
+        lines += ["", f"## Parity (on {parity['texts']} validation texts{where})", "",
                   "| vs torch | max prob diff | mean prob diff | same label set |", "|---|---:|---:|---:|",
                   f"| ONNX fp32 | {fp32['max_prob_diff']:.2e} | {fp32['mean_prob_diff']:.2e} | {100 * fp32['same_label_set']:.1f}% |",
                   f"| ONNX int8 | {int8['max_prob_diff']:.3f} | {int8['mean_prob_diff']:.4f} | {100 * int8['same_label_set']:.1f}% |"]

@@ -69,8 +69,10 @@ def test_export_bundle_sizes_and_parity(tiny_bundle, tiny_model):
     assert report["parity"]["onnx_fp32_vs_torch"]["same_label_set"] == 1.0
     assert report["sizes"]["onnx_int8_mb"] < 0.3 * report["sizes"]["onnx_fp32_mb"]
     assert (tiny_model / "onnx" / "model.onnx").is_file()  # fp32 kept beside the trained model
+    assert report["parity"]["measured_on"]["int8_kernels"] in ("VNNI", "AVX2 without VNNI", "unknown")
     card = (tiny_bundle / "MODEL_CARD.md").read_text()
     assert "ONNX int8" in card and "papertasks train --data DATA_DIR" in card
+    assert f"int8 kernels: {report['parity']['measured_on']['int8_kernels']}" in card
 
 
 def _int8_weight_range(bundle) -> int:
@@ -114,6 +116,38 @@ def test_failed_parity_leaves_the_old_bundle(tiny_model, tiny_bundle, tmp_path):
     assert_clean_error(result, "export", "parity check failed")
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging folder left behind
+
+
+CPUINFO = "processor\t: 0\nmodel name\t: {name}\nflags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\n"
+
+
+@pytest.mark.parametrize("flags, kernels", [("avx2 fma", "AVX2 without VNNI"), ("avx2 avx512f avx512_vnni", "VNNI"),
+                                            ("avx2 avx_vnni", "VNNI"), ("neon asimd", "unknown")])
+def test_cpu_int8_kernels_read_from_the_flags(flags, kernels):
+    from export.onnx_export import cpu_int8_kernels
+
+    found = cpu_int8_kernels(CPUINFO.format(name="AMD EPYC", flags=flags))
+    assert found == {"cpu": "AMD EPYC", "int8_kernels": kernels}
+    assert cpu_int8_kernels("")["int8_kernels"] == "unknown"
+
+
+def _parity(int8_diff: float, kernels: str) -> dict:
+    return {"onnx_fp32_vs_torch": {"max_prob_diff": 1e-6, "same_label_set": 1.0},
+            "onnx_int8_vs_torch": {"max_prob_diff": int8_diff, "same_label_set": 0.965},
+            "measured_on": {"cpu": "x", "int8_kernels": kernels},
+            "tolerance": {"fp32_max_prob_diff": 1e-3, "int8_max_prob_diff": 0.15, "int8_min_same_label_set": 0.85}}
+
+
+def test_failed_int8_parity_on_a_cpu_without_vnni_says_why_and_what_to_try():
+    from export.onnx_export import check_parity
+
+    check_parity(_parity(0.1, "AVX2 without VNNI"))  # within tolerance: no error
+    with pytest.raises(UserError, match="int8 differs from torch by 0.273") as without_vnni:
+        check_parity(_parity(0.273, "AVX2 without VNNI"))
+    assert "without VNNI" in str(without_vnni.value) and "--reduce-range" in str(without_vnni.value)
+    with pytest.raises(UserError) as with_vnni:
+        check_parity(_parity(0.273, "VNNI"))
+    assert "--reduce-range" not in str(with_vnni.value)
 
 
 def test_labels_that_do_not_fit_the_model_are_refused(tiny_model, tiny_bundle, tmp_path):
