@@ -7,6 +7,8 @@ picks the variant; the chosen model then goes through `export` and `evaluate` li
 
     python bench/refit_head.py --model models/arxiv --data data/arxiv --oversample-to 500 1000 --epochs 30 120 \
         --out bench/results/refit_head_arxiv.json
+    python bench/refit_head.py --model models/arxiv --data data/arxiv --epochs 120 480 \
+        --only "plain loss" "oversampling to 500" --out bench/results/refit_head_arxiv_passes.json
     python bench/refit_head.py --model models/pwc --data data/pwc --oversample-to 100 --epochs 30 \
         --out bench/results/refit_head_pwc.json
 """
@@ -42,9 +44,14 @@ def main() -> None:
     ap.add_argument("--oversample-to", type=int, nargs="+", default=[500], help="the oversampling variants' targets")
     ap.add_argument("--epochs", type=int, nargs="+", default=[RefitConfig.epochs],
                     help="passes over the features; every variant is run with each")
+    ap.add_argument("--only", nargs="+", metavar="TEXT",
+                    help="run only the variants whose name contains one of these (e.g. 'oversampling to 500')")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "refit_head.json"))
     args = ap.parse_args()
-    runs = {name: options for epochs in args.epochs for name, options in variants(args.oversample_to, epochs).items()}
+    runs = {name: options for epochs in args.epochs for name, options in variants(args.oversample_to, epochs).items()
+            if not args.only or any(text in name for text in args.only)}
+    if not runs:
+        sys.exit(f"no variant's name contains any of {args.only}; names: {list(variants(args.oversample_to, 1))}")
 
     results = {"model": args.model, "data": args.data, "variants": {}}
     with tempfile.TemporaryDirectory(prefix="refit-bench-") as tmp:

@@ -82,3 +82,32 @@ def test_refit_head_refuses_overwriting_and_other_labels(tiny_model, tiny_data, 
     mismatch = run_cli("refit-head", "--model", tiny_model, "--data", other, "--out", tmp_path / "out")
     assert_clean_error(mismatch, "refit-head", "other labels")
     assert not (tmp_path / "out").exists()
+
+
+def test_refit_bench_runs_the_chosen_variants_as_refit_head_does(tiny_model, tiny_data, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from papertasks.io import read_json
+
+    bench = [sys.executable, str(REPO / "bench" / "refit_head.py"), "--model", str(tiny_model), "--data", str(tiny_data),
+             "--oversample-to", "40", "--epochs", "2"]
+    out = tmp_path / "bench.json"
+    result = subprocess.run([*bench, "--only", "oversampling to 40", "--out", str(out)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    variants = json.loads(out.read_text())["variants"]
+    assert list(variants) == ["fine-tuned head (as trained)", "oversampling to 40, 2 epochs"]
+
+    cli = run_cli("refit-head", "--model", tiny_model, "--data", tiny_data, "--out", tmp_path / "refit",
+                  "--oversample-to", "40", "--epochs", "2")
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    refit = read_json(tmp_path / "refit" / "training_config.json")["head_refit"]
+    assert variants["oversampling to 40, 2 epochs"]["valid"] == refit["valid"]["refitted head"]
+
+    none = subprocess.run([*bench, "--only", "no such loss", "--out", str(tmp_path / "none.json")], capture_output=True,
+                          text=True, timeout=600)
+    assert none.returncode != 0 and "no variant's name contains" in none.stderr and "Traceback" not in none.stderr
+    assert not (tmp_path / "none.json").exists()
