@@ -17,6 +17,13 @@ def _load(bundle: Path, name: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def quantization_note(quantization: dict) -> str:
+    """', unsigned 7-bit weights' and the like: what differs from the default signed 8-bit weights."""
+    notes = ["unsigned weights" if quantization.get("weights", "").startswith("u8") else "",
+             "7-bit weights" if quantization.get("reduce_range") else ""]
+    return "".join(f", {note}" for note in notes if note)
+
+
 def render_model_card(bundle: Path) -> str:
     config, report = _load(bundle, "config.json"), _load(bundle, "export_report.json")
     metrics, thresholds = _load(bundle, "metrics.json"), _load(bundle, "thresholds.json")
@@ -33,7 +40,7 @@ def render_model_card(bundle: Path) -> str:
         + (", its last layer then refitted on the training rows (`refit-head`)"
            if config.get("training", {}).get("head_refit") else "")
         + ", exported to ONNX and quantized to int8 "
-        f"(dynamic, per-channel{', 7-bit weights' if report.get('quantization', {}).get('reduce_range') else ''}). Inputs are 'Title. Abstract'; a long one keeps {window} "
+        f"(dynamic, per-channel{quantization_note(report.get('quantization', {}))}). Inputs are 'Title. Abstract'; a long one keeps {window} "
         f"{config.get('max_length')}-token window.",
         "", "## Data", "",
     ]
@@ -88,6 +95,8 @@ def render_model_card(bundle: Path) -> str:
     export = f"papertasks export --model {source} --data DATA_DIR --out deployment/models/{bundle.name}"
     if report.get("quantization", {}).get("reduce_range"):
         export += " --reduce-range"
+    if report.get("quantization", {}).get("weights", "").startswith("u8"):
+        export += " --weights u8"
     tolerance = report.get("parity", {}).get("tolerance", {})
     if tolerance.get("int8_max_prob_diff", DEFAULT_MAX_PROB_DIFF) != DEFAULT_MAX_PROB_DIFF:
         export += f" --max-prob-diff {tolerance['int8_max_prob_diff']}"

@@ -88,12 +88,19 @@ def copy_bundle_files(source: Path, folder: Path, names=BUNDLE_FILES) -> Path:
     return folder
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, reduce_range: bool = False) -> None:
-    """Dynamic int8, signed per-channel weights; `reduce_range` keeps weights to 7 bits, so that the
-    u8 x s8 products of x86 CPUs without VNNI cannot overflow (bench/inference.py measures both)."""
+WEIGHT_TYPES = {"s8": "QInt8", "u8": "QUInt8"}  # `export --weights`
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, reduce_range: bool = False, weights: str = "s8") -> None:
+    """Dynamic int8, per-channel weights. Signed weights ("s8") take x86's fastest kernels, which
+    saturate on CPUs without VNNI; `reduce_range` keeps them to 7 bits against that. Unsigned weights
+    ("u8", onnxruntime's U8U8) are multiplied without saturation on every CPU, so a bundle scores the
+    same wherever it is served (bench/inference.py and README "int8 on CPUs without VNNI" measure them)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
+    if weights not in WEIGHT_TYPES:
+        raise UserError(f"--weights must be one of {sorted(WEIGHT_TYPES)}, not {weights!r}")
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType[WEIGHT_TYPES[weights]], per_channel=True,
                      reduce_range=reduce_range)
 
 
@@ -176,7 +183,7 @@ def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int) -
 
 def export_bundle(model: str, out: str, data_dir: str | None = None, parity_texts: int = 64,
                   max_prob_diff: float = DEFAULT_MAX_PROB_DIFF, min_same_set: float = DEFAULT_MIN_SAME_SET, work_dir: str | None = None,
-                  reduce_range: bool = False) -> dict:
+                  reduce_range: bool = False, weights: str = "s8") -> dict:
     model_dir, out = Path(model), Path(out)
     hf_model, tokenizer, labels = load_trained(model_dir)
     training_path = model_dir / "training_config.json"
@@ -189,7 +196,7 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
     with atomic_dir(out) as staging:  # a failed export or parity check leaves any earlier bundle as it was
         log.info("exporting %s to ONNX", model_dir)
         export_onnx(hf_model, tokenizer, fp32_path)
-        quantize_int8(fp32_path, staging / "model.onnx", reduce_range)
+        quantize_int8(fp32_path, staging / "model.onnx", reduce_range, weights)
         tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
         write_json(staging / "labels.json", {lab: i for i, lab in enumerate(labels)})
         thresholds_src = model_dir / "thresholds.json"
@@ -213,7 +220,7 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
         sizes = {"torch_safetensors_mb": _mb(model_dir / "model.safetensors"),
                  "onnx_fp32_mb": _mb(fp32_path), "onnx_int8_mb": _mb(staging / "model.onnx")}
         report = {"parity": parity, "sizes": sizes, "opset": OPSET, "source_model": str(model_dir),
-                  "quantization": {"weights": "int8, per channel", "reduce_range": reduce_range}}
+                  "quantization": {"weights": f"{weights}, per channel", "reduce_range": reduce_range}}
         log.info("sizes (MB): torch %.1f, ONNX fp32 %.1f, ONNX int8 %.1f", *sizes.values())
         log.info("parity on %d texts: fp32 max diff %.2e; int8 max diff %.3f, same label set %.1f%%", len(texts),
                  parity["onnx_fp32_vs_torch"]["max_prob_diff"], parity["onnx_int8_vs_torch"]["max_prob_diff"],
@@ -242,7 +249,7 @@ def check_parity(parity: dict) -> None:
         int8_only = fp32["max_prob_diff"] <= tol["fp32_max_prob_diff"]
         if int8_only and parity.get("measured_on", {}).get("int8_kernels") == "AVX2 without VNNI":
             hint = (". This CPU has AVX2 without VNNI, whose int8 kernels can saturate, so the same bundle may pass "
-                    "on a CPU with VNNI; try --reduce-range (7-bit weights), or accept the difference with a higher "
+                    "on a CPU with VNNI; try --weights u8 (no saturation on any CPU) or --reduce-range (7-bit weights), or accept the difference with a higher "
                     "--max-prob-diff (the bundle's export report and model card record it)")
         raise UserError("parity check failed, bundle not written: " + "; ".join(problems) + hint)
 

@@ -86,7 +86,7 @@ def _export(args):
 
     export_bundle(args.model, args.out, data_dir=args.data, parity_texts=args.parity_texts,
                   max_prob_diff=args.max_prob_diff, min_same_set=args.min_same_set,
-                  work_dir=args.work_dir, reduce_range=args.reduce_range)
+                  work_dir=args.work_dir, reduce_range=args.reduce_range, weights=args.weights)
 
 
 def _predict(args):
@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None, help="keep the fp32 ONNX here (default: <model>/onnx)")
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit int8 weights: no overflow in the int8 kernels of x86 CPUs without VNNI (AVX2 only)")
+    p.add_argument("--weights", choices=("s8", "u8"), default="s8",
+                   help="signed int8 weights (fastest kernels; they saturate on x86 CPUs without VNNI) or unsigned "
+                        "ones (no saturation on any CPU: the same scores wherever the bundle is served)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("evaluate", help="tune thresholds on validation, report metrics on test (ONNX predictor)",

@@ -96,6 +96,26 @@ def test_reduce_range_export_keeps_weights_to_7_bits(tiny_model, tiny_bundle, tm
     assert Predictor(bundle).predict_proba(["Graph neural networks for molecules."]).shape == (1, len(Predictor(bundle).labels))
 
 
+def test_unsigned_weights_export(tiny_model, tiny_bundle, tmp_path):
+    import onnx
+
+    bundle = tmp_path / "bundle"
+    result = run_cli("export", "--model", tiny_model, "--out", bundle, "--work-dir", tmp_path / "fp32",
+                     "--parity-texts", "8", "--max-prob-diff", "0.5", "--min-same-set", "0", "--weights", "u8")
+    assert result.returncode == 0, result.stderr[-2000:]
+    types = {t.data_type for t in onnx.load(str(bundle / "model.onnx")).graph.initializer}
+    assert onnx.TensorProto.UINT8 in types and onnx.TensorProto.INT8 not in types
+    assert onnx.TensorProto.INT8 in {t.data_type for t in onnx.load(str(tiny_bundle / "model.onnx")).graph.initializer}
+    assert json.loads((bundle / "export_report.json").read_text())["quantization"]["weights"] == "u8, per channel"
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "unsigned weights" in card and "--weights u8" in card
+    texts = ["Graph neural networks for molecules.", "Speech recognition for low-resource languages."]
+    np.testing.assert_allclose(Predictor(bundle).predict_proba(texts), Predictor(tiny_bundle).predict_proba(texts),
+                               atol=0.05)  # the same model, weights rounded another way
+    bad = run_cli("export", "--model", tiny_model, "--out", tmp_path / "bad", "--weights", "u4")
+    assert bad.returncode == 2 and "invalid choice: 'u4'" in bad.stderr and not (tmp_path / "bad").exists()
+
+
 def test_onnx_matches_torch_on_padded_batches(tiny_model, tiny_bundle):
     """Batches of very different lengths exercise padding and the dynamic axes (the fp32 ONNX that
     building tiny_bundle leaves in <model>/onnx)."""
