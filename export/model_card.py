@@ -18,7 +18,7 @@ def _load(bundle: Path, name: str) -> dict:
 
 
 def quantization_note(quantization: dict) -> str:
-    """', unsigned 7-bit weights' and the like: what differs from the default signed 8-bit weights."""
+    """', unsigned weights' / ', 7-bit weights': what differs from the default signed 8-bit weights."""
     notes = ["unsigned weights" if quantization.get("weights", "").startswith("u8") else "",
              "7-bit weights" if quantization.get("reduce_range") else ""]
     return "".join(f", {note}" for note in notes if note)

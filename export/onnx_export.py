@@ -94,8 +94,8 @@ WEIGHT_TYPES = {"s8": "QInt8", "u8": "QUInt8"}  # `export --weights`
 def quantize_int8(fp32_path: Path, int8_path: Path, reduce_range: bool = False, weights: str = "s8") -> None:
     """Dynamic int8, per-channel weights. Signed weights ("s8") take x86's fastest kernels, which
     saturate on CPUs without VNNI; `reduce_range` keeps them to 7 bits against that. Unsigned weights
-    ("u8", onnxruntime's U8U8) are multiplied without saturation on every CPU, so a bundle scores the
-    same wherever it is served (bench/inference.py and README "int8 on CPUs without VNNI" measure them)."""
+    ("u8", onnxruntime's U8U8) are multiplied without the saturating instruction, so the scores do not
+    hang on the CPU's int8 kernels (bench/inference.py and README "int8 on CPUs without VNNI" measure them)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if weights not in WEIGHT_TYPES:
@@ -249,8 +249,9 @@ def check_parity(parity: dict) -> None:
         int8_only = fp32["max_prob_diff"] <= tol["fp32_max_prob_diff"]
         if int8_only and parity.get("measured_on", {}).get("int8_kernels") == "AVX2 without VNNI":
             hint = (". This CPU has AVX2 without VNNI, whose int8 kernels can saturate, so the same bundle may pass "
-                    "on a CPU with VNNI; try --weights u8 (no saturation on any CPU) or --reduce-range (7-bit weights), or accept the difference with a higher "
-                    "--max-prob-diff (the bundle's export report and model card record it)")
+                    "on a CPU with VNNI; try --weights u8 (no saturation on any CPU) or --reduce-range (7-bit weights), "
+                    "or accept the difference with a higher --max-prob-diff (the bundle's export report and model card "
+                    "record it)")
         raise UserError("parity check failed, bundle not written: " + "; ".join(problems) + hint)
 
 
