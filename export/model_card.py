@@ -17,15 +17,20 @@ def _load(bundle: Path, name: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def quantization_note(quantization: dict) -> str:
-    """', unsigned weights' / ', 7-bit weights': what differs from the default signed 8-bit weights."""
-    notes = ["unsigned weights" if quantization.get("weights", "").startswith("u8") else "",
-             "7-bit weights" if quantization.get("reduce_range") else ""]
-    return "".join(f", {note}" for note in notes if note)
+def quantization_options(quantization: dict) -> list[tuple[str, str]]:
+    """(words for the card, `export` flag) for each way the bundle's weights differ from the default
+    signed 8-bit ones."""
+    options = []
+    if quantization.get("reduce_range"):
+        options.append(("7-bit weights", "--reduce-range"))
+    if quantization.get("weights", "").startswith("u8"):
+        options.append(("unsigned weights", "--weights u8"))
+    return options
 
 
 def render_model_card(bundle: Path) -> str:
     config, report = _load(bundle, "config.json"), _load(bundle, "export_report.json")
+    quantization = quantization_options(report.get("quantization", {}))
     metrics, thresholds = _load(bundle, "metrics.json"), _load(bundle, "thresholds.json")
     labels = _load(bundle, "labels.json")
     data = config.get("trained_on") or {}
@@ -40,7 +45,7 @@ def render_model_card(bundle: Path) -> str:
         + (", its last layer then refitted on the training rows (`refit-head`)"
            if config.get("training", {}).get("head_refit") else "")
         + ", exported to ONNX and quantized to int8 "
-        f"(dynamic, per-channel{quantization_note(report.get('quantization', {}))}). Inputs are 'Title. Abstract'; a long one keeps {window} "
+        f"(dynamic, per-channel{''.join(f', {words}' for words, _ in quantization)}). Inputs are 'Title. Abstract'; a long one keeps {window} "
         f"{config.get('max_length')}-token window.",
         "", "## Data", "",
     ]
@@ -93,10 +98,7 @@ def render_model_card(bundle: Path) -> str:
                   f"(labels with fewer than {thresholds.get('min_positives', '?')} validation positives use the global one)."]
     source = "REFIT_DIR" if config.get("training", {}).get("head_refit") else "MODEL_DIR"
     export = f"papertasks export --model {source} --data DATA_DIR --out deployment/models/{bundle.name}"
-    if report.get("quantization", {}).get("reduce_range"):
-        export += " --reduce-range"
-    if report.get("quantization", {}).get("weights", "").startswith("u8"):
-        export += " --weights u8"
+    export += "".join(f" {flag}" for _, flag in quantization)
     tolerance = report.get("parity", {}).get("tolerance", {})
     if tolerance.get("int8_max_prob_diff", DEFAULT_MAX_PROB_DIFF) != DEFAULT_MAX_PROB_DIFF:
         export += f" --max-prob-diff {tolerance['int8_max_prob_diff']}"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from deployment.manifest import write_manifest
-from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET
+from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET, WEIGHT_TYPES
 from deployment.predictor import Predictor, load_labels
 from export.model_card import write_model_card
 from papertasks.errors import UserError
@@ -86,9 +86,6 @@ def copy_bundle_files(source: Path, folder: Path, names=BUNDLE_FILES) -> Path:
         if (source / name).is_file():
             shutil.copy(source / name, folder / name)
     return folder
-
-
-WEIGHT_TYPES = {"s8": "QInt8", "u8": "QUInt8"}  # `export --weights`
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, reduce_range: bool = False, weights: str = "s8") -> None:

@@ -14,7 +14,7 @@ from papertasks.errors import UserError
 from scrapers.cli import register as register_scrape
 from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, DEFAULT_MODELS_DIR, labels_json_for
 from deployment.truncation import STRATEGIES
-from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET
+from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET, WEIGHT_TYPES
 from papertasks.data import PROBLEMS
 
 EPILOG_PIPELINE = """\
@@ -223,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None, help="keep the fp32 ONNX here (default: <model>/onnx)")
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit int8 weights: no overflow in the int8 kernels of x86 CPUs without VNNI (AVX2 only)")
-    p.add_argument("--weights", choices=("s8", "u8"), default="s8",
+    p.add_argument("--weights", choices=sorted(WEIGHT_TYPES), default="s8",
                    help="signed int8 weights (fastest kernels; they saturate on x86 CPUs without VNNI) or unsigned "
-                        "ones (no saturation on any CPU: the same scores wherever the bundle is served)")
+                        "ones (no saturation on any CPU)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("evaluate", help="tune thresholds on validation, report metrics on test (ONNX predictor)",

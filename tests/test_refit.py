@@ -1,10 +1,14 @@
 """`papertasks refit-head`: the last layer refitted on cached features of the fine-tuned encoder."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, run_cli
+from conftest import REPO, assert_clean_error, run_cli
 
 
 def test_head_features_give_the_models_own_logits(tiny_model, tiny_data):
@@ -85,11 +89,6 @@ def test_refit_head_refuses_overwriting_and_other_labels(tiny_model, tiny_data, 
 
 
 def test_refit_bench_runs_the_chosen_variants_as_refit_head_does(tiny_model, tiny_data, tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    from conftest import REPO
     from papertasks.io import read_json
 
     bench = [sys.executable, str(REPO / "bench" / "refit_head.py"), "--model", str(tiny_model), "--data", str(tiny_data),
