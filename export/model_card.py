@@ -28,7 +28,10 @@ def quantization_options(quantization: dict) -> list[tuple[str, str]]:
     return options
 
 
-def render_model_card(bundle: Path) -> str:
+def render_model_card(bundle: Path, name: str | None = None) -> str:
+    """The card of the bundle in `bundle`, to be served as `name` (default: the folder's name; export
+    renders it in a staging folder before the rename)."""
+    name = name or bundle.name
     config, report = _load(bundle, "config.json"), _load(bundle, "export_report.json")
     quantization = quantization_options(report.get("quantization", {}))
     metrics, thresholds = _load(bundle, "metrics.json"), _load(bundle, "thresholds.json")
@@ -97,7 +100,7 @@ def render_model_card(bundle: Path) -> str:
                   f"Global {thresholds.get('global')}; {tuned} labels have their own threshold tuned on validation "
                   f"(labels with fewer than {thresholds.get('min_positives', '?')} validation positives use the global one)."]
     source = "REFIT_DIR" if config.get("training", {}).get("head_refit") else "MODEL_DIR"
-    export = f"papertasks export --model {source} --data DATA_DIR --out deployment/models/{bundle.name}"
+    export = f"papertasks export --model {source} --data DATA_DIR --out deployment/models/{name}"
     export += "".join(f" {flag}" for _, flag in quantization)
     tolerance = report.get("parity", {}).get("tolerance", {})
     if tolerance.get("int8_max_prob_diff", DEFAULT_MAX_PROB_DIFF) != DEFAULT_MAX_PROB_DIFF:
@@ -108,7 +111,7 @@ def render_model_card(bundle: Path) -> str:
     training = {**config.get("training", {}), "truncation": config.get("truncation", "head")}
     lines += ["", "## Reproduce", "", "```bash", *reproduce_commands(data.get("config", {}), training),
               export,
-              f"papertasks evaluate --model deployment/models/{bundle.name} --data DATA_DIR --out reports/{bundle.name}",
+              f"papertasks evaluate --model deployment/models/{name} --data DATA_DIR --out reports/{name}",
               "```", ""]
     return "\n".join(lines)
 
@@ -145,5 +148,5 @@ def reproduce_commands(prepare: dict, training: dict) -> list[str]:
     return commands
 
 
-def write_model_card(bundle: Path) -> None:
-    write_text(Path(bundle) / "MODEL_CARD.md", render_model_card(Path(bundle)))
+def write_model_card(bundle: Path, name: str | None = None) -> None:
+    write_text(Path(bundle) / "MODEL_CARD.md", render_model_card(Path(bundle), name))

@@ -224,7 +224,7 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
                  100 * parity["onnx_int8_vs_torch"]["same_label_set"])
         check_parity(parity)
         write_json(staging / "export_report.json", report)
-        write_model_card(staging)
+        write_model_card(staging, name=out.name)
         write_manifest(staging)  # last: checksums of every file above, checked by Predictor at start
     print(json.dumps({"bundle": str(out), **sizes}, indent=2))
     return report

@@ -109,6 +109,7 @@ def test_unsigned_weights_export(tiny_model, tiny_bundle, tmp_path):
     assert json.loads((bundle / "export_report.json").read_text())["quantization"]["weights"] == "u8, per channel"
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "unsigned weights" in card and "--weights u8" in card
+    assert "--out deployment/models/bundle --weights u8" in card  # the bundle's name, not its staging folder's
     texts = ["Graph neural networks for molecules.", "Speech recognition for low-resource languages."]
     np.testing.assert_allclose(Predictor(bundle).predict_proba(texts), Predictor(tiny_bundle).predict_proba(texts),
                                atol=0.05)  # the same model, weights rounded another way
