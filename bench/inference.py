@@ -5,10 +5,11 @@ and batch 32, reporting texts/s, p50/p95 latency, micro-F1 against the true labe
 bundle's thresholds), model size and peak RSS; then the ratios against torch. Variants of the
 served int8 path (length-sorted batches or not, 1 thread or all, ORT's transformer fusion) are
 measured the same way, so what wins and what does not is on record, as are other int8 formats
-(7-bit weights; unsigned weights), each against the ONNX fp32 scores of the same texts: on x86 CPUs
-without VNNI, onnxruntime's u8 x s8 kernels can overflow, which `reduce_range` avoids.
+(signed 8-bit, 7-bit or unsigned weights; the output layer quantized or not), each against the ONNX
+fp32 scores of the same texts: on x86 CPUs without VNNI, onnxruntime's u8 x s8 kernels can
+overflow, which `reduce_range` and unsigned weights avoid.
 
-    python bench/inference.py --model models/arxiv --bundle deployment/models/arxiv --data data/arxiv
+    python bench/inference.py --model models/arxiv_refit480 --bundle deployment/models/arxiv --data data/arxiv
 """
 from __future__ import annotations
 
@@ -34,12 +35,16 @@ ENGINES = {
     "onnx-int8-unsorted": "int8, batches in input order (padded to the longest of 32 random texts)",
     "onnx-int8-1thread": "int8, intra-op threads = 1",
     "onnx-int8-fused": "int8 of the ORT transformer-optimized graph (fused attention / layer norm / GELU)",
+    "onnx-int8-s8": "int8 with signed 8-bit weights (QInt8, `export`'s default), re-quantized from the fp32 export",
     "onnx-int8-reduce-range": "int8 with 7-bit weights (reduce_range=True), re-quantized from the fp32 export",
     "onnx-int8-u8u8": "int8 with unsigned 8-bit weights (QUInt8), re-quantized from the fp32 export",
+    "onnx-int8-u8u8-int8-output": "unsigned 8-bit weights with the output layer quantized too (`export` keeps it fp32)",
 }
 REQUANTIZED = {"onnx-int8-fused": dict(fused=True),
+               "onnx-int8-s8": dict(weights="s8"),
                "onnx-int8-reduce-range": dict(reduce_range=True),
-               "onnx-int8-u8u8": dict(weight_type="QUInt8")}
+               "onnx-int8-u8u8": dict(weights="u8"),
+               "onnx-int8-u8u8-int8-output": dict(weights="u8", output_layer_fp32=False)}
 
 
 def load_texts(data_dir: Path, n: int, seed: int = 0):
@@ -72,16 +77,14 @@ def run_engine(engine: str, args) -> dict:
     max_length = args.max_length or bundle.max_length
     thresholds = bundle.thresholds
     if engine == "torch-fp32":
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from export.onnx_export import torch_scorer
 
         model = AutoModelForSequenceClassification.from_pretrained(args.model).eval()
         tokenizer = AutoTokenizer.from_pretrained(args.model)
 
-        def score(batch):
-            with torch.inference_mode():
-                enc = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-                return torch.sigmoid(model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits).numpy()
+        score = torch_scorer(model, tokenizer, max_length, bundle.truncation)  # the predictor's windows
         size = (Path(args.model) / "model.safetensors").stat().st_size
     else:
         folder, threads = Path(args.bundle), None
@@ -92,7 +95,7 @@ def run_engine(engine: str, args) -> dict:
         elif engine in REQUANTIZED:
             folder = requantized(Path(args.model) / "onnx", Path(args.bundle), **REQUANTIZED[engine])
         predictor = Predictor(folder, threads=threads)
-        predictor.tokenizer.enable_truncation(max_length)
+        predictor.max_length = max_length  # --max-length: the windows encode_windows builds
 
         def score(batch):
             return 1 / (1 + np.exp(-predictor._logits(batch)))
@@ -124,29 +127,29 @@ def run_engine(engine: str, args) -> dict:
 
 
 def requantized(fp32_dir: Path, bundle: Path, fused: bool = False, reduce_range: bool = False,
-                weight_type: str = "QInt8") -> Path:
-    """The fp32 export quantized again with other options (optionally after ORT's BERT optimizer),
-    in a bundle folder beside the served one's tokenizer, labels and thresholds."""
+                weights: str = "s8", output_layer_fp32: bool = True) -> Path:
+    """The fp32 export quantized again as `export` would with other options (or, fused, after ORT's
+    BERT optimizer), in a bundle folder beside the served one's tokenizer, labels and thresholds."""
     import logging
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
 
-    from export.onnx_export import copy_bundle_files
+    from export.onnx_export import copy_bundle_files, quantize_int8
 
     logging.disable(logging.WARNING)
     out = copy_bundle_files(bundle, Path(tempfile.mkdtemp(prefix="requantized-")))
     source = fp32_dir / "model.onnx"
-    if fused:
-        config = json.loads((fp32_dir.parent / "config.json").read_text())  # the trained model's HF config
-        model = optimizer.optimize_model(str(source), model_type="bert",
-                                         num_heads=config["num_attention_heads"], hidden_size=config["hidden_size"])
-        source = out / "fp32.onnx"
-        model.save_model_to_file(str(source))
-    quantize_dynamic(str(source), str(out / "model.onnx"), weight_type=QuantType[weight_type], per_channel=True,
-                     reduce_range=reduce_range,  # the optimizer's fused nodes need the default type spelled out
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else {})
+    if not fused:
+        quantize_int8(source, out / "model.onnx", reduce_range, weights, output_layer_fp32)
+        return out
+    config = json.loads((fp32_dir.parent / "config.json").read_text())  # the trained model's HF config
+    model = optimizer.optimize_model(str(source), model_type="bert",
+                                     num_heads=config["num_attention_heads"], hidden_size=config["hidden_size"])
+    model.save_model_to_file(str(out / "fp32.onnx"))
+    quantize_dynamic(str(out / "fp32.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # needed by the fused nodes
     return out
 
 

@@ -48,7 +48,9 @@ def render_model_card(bundle: Path, name: str | None = None) -> str:
         + (", its last layer then refitted on the training rows (`refit-head`)"
            if config.get("training", {}).get("head_refit") else "")
         + ", exported to ONNX and quantized to int8 "
-        f"(dynamic, per-channel{''.join(f', {words}' for words, _ in quantization)}). Inputs are 'Title. Abstract'; a long one keeps {window} "
+        f"(dynamic, per-channel{''.join(f', {words}' for words, _ in quantization)}"
+        + (", the output layer kept in fp32" if report.get("quantization", {}).get("output_layer") == "fp32" else "")
+        + f"). Inputs are 'Title. Abstract'; a long one keeps {window} "
         f"{config.get('max_length')}-token window.",
         "", "## Data", "",
     ]

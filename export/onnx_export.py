@@ -88,17 +88,37 @@ def copy_bundle_files(source: Path, folder: Path, names=BUNDLE_FILES) -> Path:
     return folder
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, reduce_range: bool = False, weights: str = "s8") -> None:
-    """Dynamic int8, per-channel weights. Signed weights ("s8") take x86's fastest kernels, which
-    saturate on CPUs without VNNI; `reduce_range` keeps them to 7 bits against that. Unsigned weights
-    ("u8", onnxruntime's U8U8) are multiplied without the saturating instruction, so the scores do not
-    hang on the CPU's int8 kernels (bench/inference.py and README "int8 on CPUs without VNNI" measure them)."""
+def output_layer(fp32_path: Path) -> str | None:
+    """The MatMul or Gemm that computes the logits (the layer `refit-head` fits), found by walking back
+    from the graph's output; None if the graph has none."""
+    import onnx
+
+    graph = onnx.load(str(fp32_path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    node = producer.get(graph.output[0].name)
+    while node is not None and node.op_type not in ("MatMul", "Gemm"):
+        node = next((producer[i] for i in node.input if i in producer), None)
+    return node.name if node is not None else None
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, reduce_range: bool = False, weights: str = "s8",
+                  output_layer_fp32: bool = True) -> None:
+    """Dynamic int8, per-channel weights; the output layer stays fp32 (38 x 384 weights for arXiv):
+    quantized too, it left the refitted arXiv head's probabilities 40% further from fp32 on average
+    (bench/inference.py).
+    Signed weights ("s8") take x86's fastest kernels, which saturate on CPUs without VNNI;
+    `reduce_range` keeps them to 7 bits against that. Unsigned weights ("u8", onnxruntime's U8U8)
+    are multiplied without the saturating instruction, so the scores do not hang on the CPU's int8
+    kernels (bench/inference.py and README "int8 on CPUs without VNNI" measure them)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if weights not in WEIGHT_TYPES:
         raise UserError(f"--weights must be one of {sorted(WEIGHT_TYPES)}, not {weights!r}")
+    layer = output_layer(fp32_path) if output_layer_fp32 else None
+    # onnxruntime rewrites a Gemm as MatMul "<name>_MatMul" + Add before it quantizes; exclude either name
+    keep_fp32 = [layer, f"{layer}_MatMul"] if layer else []
     quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType[WEIGHT_TYPES[weights]], per_channel=True,
-                     reduce_range=reduce_range)
+                     reduce_range=reduce_range, nodes_to_exclude=keep_fp32)
 
 
 def cpu_int8_kernels(cpuinfo: str | None = None) -> dict:
@@ -123,9 +143,9 @@ def cpu_int8_kernels(cpuinfo: str | None = None) -> dict:
     return {"cpu": fields.get("model name") or platform.processor() or "unknown", "int8_kernels": kernels}
 
 
-def torch_probs(model, tokenizer, texts: list[str], max_length: int, truncation: str,
-                batch_size: int = 16) -> np.ndarray:
-    """The trained model's probabilities on the windows the predictor builds (same truncation)."""
+def torch_scorer(model, tokenizer, max_length: int, truncation: str):
+    """A function from texts to the trained model's probabilities on the windows the predictor builds
+    (same truncation); the tokenizer is converted once, not per batch."""
     import torch
     from tokenizers import Tokenizer
 
@@ -134,14 +154,19 @@ def torch_probs(model, tokenizer, texts: list[str], max_length: int, truncation:
     model.eval()  # torch.onnx.export can leave the model in training mode (dropout on)
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     single_label = model.config.problem_type == "single_label_classification"
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            windows = encode_windows(backend, texts[i:i + batch_size], max_length, truncation)
-            enc = tokenizer.pad({"input_ids": windows}, return_tensors="pt")
+
+    def score(texts: list[str]) -> np.ndarray:
+        with torch.no_grad():
+            enc = tokenizer.pad({"input_ids": encode_windows(backend, texts, max_length, truncation)}, return_tensors="pt")
             logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-            out.append((torch.softmax(logits, -1) if single_label else torch.sigmoid(logits)).numpy())
-    return np.concatenate(out)
+            return (torch.softmax(logits, -1) if single_label else torch.sigmoid(logits)).numpy()
+    return score
+
+
+def torch_probs(model, tokenizer, texts: list[str], max_length: int, truncation: str,
+                batch_size: int = 16) -> np.ndarray:
+    score = torch_scorer(model, tokenizer, max_length, truncation)
+    return np.concatenate([score(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
 
 
 def load_parity_texts(data_dir: str | None, n: int) -> list[str]:
@@ -216,13 +241,14 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
                                 "int8_min_same_label_set": min_same_set}}
         sizes = {"torch_safetensors_mb": _mb(model_dir / "model.safetensors"),
                  "onnx_fp32_mb": _mb(fp32_path), "onnx_int8_mb": _mb(staging / "model.onnx")}
+        quantization = {"weights": f"{weights}, per channel", "reduce_range": reduce_range, "output_layer": "fp32"}
         report = {"parity": parity, "sizes": sizes, "opset": OPSET, "source_model": str(model_dir),
-                  "quantization": {"weights": f"{weights}, per channel", "reduce_range": reduce_range}}
+                  "quantization": quantization}
         log.info("sizes (MB): torch %.1f, ONNX fp32 %.1f, ONNX int8 %.1f", *sizes.values())
         log.info("parity on %d texts: fp32 max diff %.2e; int8 max diff %.3f, same label set %.1f%%", len(texts),
                  parity["onnx_fp32_vs_torch"]["max_prob_diff"], parity["onnx_int8_vs_torch"]["max_prob_diff"],
                  100 * parity["onnx_int8_vs_torch"]["same_label_set"])
-        check_parity(parity)
+        check_parity(parity, quantization)
         write_json(staging / "export_report.json", report)
         write_model_card(staging, name=out.name)
         write_manifest(staging)  # last: checksums of every file above, checked by Predictor at start
@@ -230,7 +256,9 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
     return report
 
 
-def check_parity(parity: dict) -> None:
+def check_parity(parity: dict, quantization: dict) -> None:
+    """Refuses an export outside the tolerances; on a CPU without VNNI the message names the int8
+    formats that avoid its saturating kernels and were not used (`quantization` as export records it)."""
     tol = parity["tolerance"]
     fp32, int8 = parity["onnx_fp32_vs_torch"], parity["onnx_int8_vs_torch"]
     problems = []
@@ -244,11 +272,17 @@ def check_parity(parity: dict) -> None:
     if problems:
         hint = ""
         int8_only = fp32["max_prob_diff"] <= tol["fp32_max_prob_diff"]
-        if int8_only and parity.get("measured_on", {}).get("int8_kernels") == "AVX2 without VNNI":
-            hint = (". This CPU has AVX2 without VNNI, whose int8 kernels can saturate, so the same bundle may pass "
-                    "on a CPU with VNNI; try --weights u8 (no saturation on any CPU) or --reduce-range (7-bit weights), "
-                    "or accept the difference with a higher --max-prob-diff (the bundle's export report and model card "
-                    "record it)")
+        signed = quantization["weights"].startswith("s8")
+        if int8_only and signed and parity.get("measured_on", {}).get("int8_kernels") == "AVX2 without VNNI":
+            formats = ["--weights u8 (no saturation on any CPU)"]
+            if not quantization["reduce_range"]:
+                formats.append("--reduce-range (7-bit weights)")
+            hint = (". This CPU has AVX2 without VNNI, whose int8 kernels can saturate signed weights, so the same "
+                    f"bundle may pass on a CPU with VNNI; try {' or '.join(formats)}, or accept the difference with a "
+                    "higher --max-prob-diff (the bundle's export report and model card record it)")
+        elif int8_only:
+            hint = (". Try another int8 format (--weights, --reduce-range), or accept the difference with a higher "
+                    "--max-prob-diff (the bundle's export report and model card record it)")
         raise UserError("parity check failed, bundle not written: " + "; ".join(problems) + hint)
 
 

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--focal-gamma", type=float, default=2.0)
     p.add_argument("--pos-weight-clip", type=float, default=0.0, help="as train's (0: off)")
     p.add_argument("--oversample-to", type=int, default=0, help="as train's (0: off)")
-    p.add_argument("--epochs", type=int, default=120, help="passes over the cached features")
+    p.add_argument("--epochs", type=int, default=480, help="passes over the cached features")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-train", type=int, default=None, help="use at most this many training rows (seeded sample)")

@@ -40,7 +40,7 @@ class RefitConfig:
     focal_gamma: float = 2.0
     pos_weight_clip: float = 0.0  # 0: no positive-class weights (as in train)
     oversample_to: int = 0  # 0: no oversampling
-    epochs: int = 120  # 30 left the arXiv head under-trained (bench/refit_head.py)
+    epochs: int = 480  # 30 and 120 left the arXiv head under-trained (bench/refit_head.py)
     lr: float = 3e-3
     batch_size: int = 256
     max_train: int | None = None

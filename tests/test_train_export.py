@@ -75,6 +75,21 @@ def test_export_bundle_sizes_and_parity(tiny_bundle, tiny_model):
     assert f"int8 kernels: {report['parity']['measured_on']['int8_kernels']}" in card
 
 
+def test_export_keeps_the_output_layer_in_fp32(tiny_bundle, tiny_model):
+    import onnx
+
+    from export.onnx_export import output_layer
+
+    layer = output_layer(tiny_model / "onnx" / "model.onnx")
+    assert layer and "classifier" in layer
+    graph = onnx.load(str(tiny_bundle / "model.onnx")).graph
+    ops = {node.name: node.op_type for node in graph.node}
+    assert ops.get(layer, ops.get(f"{layer}_MatMul")) in ("MatMul", "Gemm")  # float, not MatMulInteger
+    assert sum(op == "MatMulInteger" for op in ops.values()) >= 6  # the encoder's layers are int8
+    assert json.loads((tiny_bundle / "export_report.json").read_text())["quantization"]["output_layer"] == "fp32"
+    assert "the output layer kept in fp32" in (tiny_bundle / "MODEL_CARD.md").read_text()
+
+
 def _int8_weight_range(bundle) -> int:
     import onnx
     from onnx import numpy_helper
@@ -162,13 +177,19 @@ def _parity(int8_diff: float, kernels: str) -> dict:
 def test_failed_int8_parity_on_a_cpu_without_vnni_says_why_and_what_to_try():
     from export.onnx_export import check_parity
 
-    check_parity(_parity(0.1, "AVX2 without VNNI"))  # within tolerance: no error
+    signed, unsigned = {"weights": "s8, per channel", "reduce_range": False}, {"weights": "u8, per channel", "reduce_range": False}
+    check_parity(_parity(0.1, "AVX2 without VNNI"), signed)  # within tolerance: no error
     with pytest.raises(UserError, match="int8 differs from torch by 0.273") as without_vnni:
-        check_parity(_parity(0.273, "AVX2 without VNNI"))
-    assert "without VNNI" in str(without_vnni.value) and "--reduce-range" in str(without_vnni.value)
-    with pytest.raises(UserError) as with_vnni:
-        check_parity(_parity(0.273, "VNNI"))
-    assert "--reduce-range" not in str(with_vnni.value)
+        check_parity(_parity(0.273, "AVX2 without VNNI"), signed)
+    message = str(without_vnni.value)
+    assert "without VNNI" in message and "--weights u8" in message and "--reduce-range" in message
+    with pytest.raises(UserError) as seven_bit:
+        check_parity(_parity(0.273, "AVX2 without VNNI"), {**signed, "reduce_range": True})
+    assert "--weights u8" in str(seven_bit.value) and "--reduce-range (" not in str(seven_bit.value)
+    for kernels, quantization in (("VNNI", signed), ("AVX2 without VNNI", unsigned)):  # no saturation to blame
+        with pytest.raises(UserError) as other:
+            check_parity(_parity(0.273, kernels), quantization)
+        assert "saturate" not in str(other.value) and "--max-prob-diff" in str(other.value)
 
 
 def test_labels_that_do_not_fit_the_model_are_refused(tiny_model, tiny_bundle, tmp_path):
