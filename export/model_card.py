@@ -33,7 +33,8 @@ def render_model_card(bundle: Path, name: str | None = None) -> str:
     renders it in a staging folder before the rename)."""
     name = name or bundle.name
     config, report = _load(bundle, "config.json"), _load(bundle, "export_report.json")
-    quantization = quantization_options(report.get("quantization", {}))
+    quantized = report.get("quantization", {})
+    quantization = quantization_options(quantized)
     metrics, thresholds = _load(bundle, "metrics.json"), _load(bundle, "thresholds.json")
     labels = _load(bundle, "labels.json")
     data = config.get("trained_on") or {}
@@ -49,7 +50,7 @@ def render_model_card(bundle: Path, name: str | None = None) -> str:
            if config.get("training", {}).get("head_refit") else "")
         + ", exported to ONNX and quantized to int8 "
         f"(dynamic, per-channel{''.join(f', {words}' for words, _ in quantization)}"
-        + (", the output layer kept in fp32" if report.get("quantization", {}).get("output_layer") == "fp32" else "")
+        + (", the output layer kept in fp32" if quantized.get("output_layer") == "fp32" else "")
         + f"). Inputs are 'Title. Abstract'; a long one keeps {window} "
         f"{config.get('max_length')}-token window.",
         "", "## Data", "",

@@ -271,18 +271,19 @@ def check_parity(parity: dict, quantization: dict) -> None:
                         f"(< {100 * tol['int8_min_same_label_set']:.0f}%)")
     if problems:
         hint = ""
-        int8_only = fp32["max_prob_diff"] <= tol["fp32_max_prob_diff"]
-        signed = quantization["weights"].startswith("s8")
-        if int8_only and signed and parity.get("measured_on", {}).get("int8_kernels") == "AVX2 without VNNI":
-            formats = ["--weights u8 (no saturation on any CPU)"]
-            if not quantization["reduce_range"]:
-                formats.append("--reduce-range (7-bit weights)")
-            hint = (". This CPU has AVX2 without VNNI, whose int8 kernels can saturate signed weights, so the same "
-                    f"bundle may pass on a CPU with VNNI; try {' or '.join(formats)}, or accept the difference with a "
-                    "higher --max-prob-diff (the bundle's export report and model card record it)")
-        elif int8_only:
-            hint = (". Try another int8 format (--weights, --reduce-range), or accept the difference with a higher "
-                    "--max-prob-diff (the bundle's export report and model card record it)")
+        if fp32["max_prob_diff"] <= tol["fp32_max_prob_diff"]:  # only int8 is off: its format or the tolerance
+            saturating = (quantization["weights"].startswith("s8")
+                          and parity.get("measured_on", {}).get("int8_kernels") == "AVX2 without VNNI")
+            if saturating:
+                formats = ["--weights u8 (no saturation on any CPU)"]
+                if not quantization["reduce_range"]:
+                    formats.append("--reduce-range (7-bit weights)")
+                hint = (". This CPU has AVX2 without VNNI, whose int8 kernels can saturate signed weights, so the "
+                        f"same bundle may pass on a CPU with VNNI; try {' or '.join(formats)}")
+            else:
+                hint = ". Try another int8 format (--weights, --reduce-range)"
+            hint += (", or accept the difference with a higher --max-prob-diff (the bundle's export report and "
+                     "model card record it)")
         raise UserError("parity check failed, bundle not written: " + "; ".join(problems) + hint)
 
 
