@@ -136,7 +136,8 @@ def requantized(fp32_dir: Path, bundle: Path, fused: bool = False, reduce_range:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
 
-    from export.onnx_export import copy_bundle_files, quantize_int8
+    from export.bundle import copy_bundle_files
+    from export.onnx_export import quantize_int8
 
     logging.disable(logging.WARNING)
     out = copy_bundle_files(bundle, Path(tempfile.mkdtemp(prefix="requantized-")))

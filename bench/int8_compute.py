@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deployment.predictor import BundleError, Predictor  # noqa: E402
-from export.onnx_export import copy_bundle_files, quantize_int8  # noqa: E402
+from export.bundle import copy_bundle_files  # noqa: E402
+from export.onnx_export import quantize_int8  # noqa: E402
 from papertasks.errors import UserError  # noqa: E402
 from papertasks.evaluate import evaluate_probs, load_eval_data, score_texts  # noqa: E402
 from papertasks.io import write_json  # noqa: E402

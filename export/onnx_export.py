@@ -15,16 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from deployment.manifest import write_manifest
 from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET, WEIGHT_TYPES
 from deployment.predictor import Predictor, load_labels
-from export.model_card import write_model_card
+from export.bundle import copy_bundle_files, seal_bundle
 from papertasks.errors import UserError
 from papertasks.io import atomic_dir, read_json, write_json
 from papertasks.paths import OFFLINE_BASE_NAME, offline_base_model
@@ -73,19 +71,6 @@ def export_onnx(model, tokenizer, path: Path) -> None:
                           input_names=["input_ids", "attention_mask"], output_names=["logits"],
                           dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
-
-
-BUNDLE_FILES = ("tokenizer.json", "labels.json", "config.json", "thresholds.json")  # beside model.onnx
-
-
-def copy_bundle_files(source: Path, folder: Path, names=BUNDLE_FILES) -> Path:
-    """Make `folder` a bundle for another model.onnx: `source`'s tokenizer, labels, config, thresholds
-    (those it has)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        if (source / name).is_file():
-            shutil.copy(source / name, folder / name)
-    return folder
 
 
 def output_layer(fp32_path: Path) -> str | None:
@@ -250,8 +235,7 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
                  100 * parity["onnx_int8_vs_torch"]["same_label_set"])
         check_parity(parity, quantization)
         write_json(staging / "export_report.json", report)
-        write_model_card(staging, name=out.name)
-        write_manifest(staging)  # last: checksums of every file above, checked by Predictor at start
+        seal_bundle(staging, name=out.name)
     print(json.dumps({"bundle": str(out), **sizes}, indent=2))
     return report
 

@@ -60,11 +60,15 @@ def _refit_head(args):
 
 
 def _evaluate(args):
-    from papertasks.evaluate import evaluate_bundle
+    from papertasks.evaluate import bundle_metrics, evaluate_bundle
 
-    evaluate_bundle(args.model, args.data, args.out, batch_size=args.batch_size,
-                    min_positives=args.min_positives, update_bundle=not args.no_update,
-                    labels_json=args.labels_json or labels_json_for(args.data))
+    report = evaluate_bundle(args.model, args.data, args.out, batch_size=args.batch_size,
+                             min_positives=args.min_positives)
+    if not args.no_update:
+        from export.bundle import record_evaluation
+
+        record_evaluation(args.model, report["thresholds"], bundle_metrics(report),
+                          labels_json=args.labels_json or labels_json_for(args.data))
 
 
 def _baseline(args):
@@ -90,14 +94,14 @@ def _export(args):
 
 
 def _predict(args):
-    from papertasks.batch import predict_file
+    from serving.batch import predict_file
 
     predict_file(args.input, args.output, model_dir=args.model, batch_size=args.batch_size,
                  text_field=args.text_field, top_k=args.top_k, workers=args.workers)
 
 
 def _predict_dask(args):
-    from papertasks.distributed import predict_with_dask
+    from serving.distributed import predict_with_dask
 
     predict_with_dask(args.inputs, args.output, args.model, scheduler=args.scheduler, blocksize=args.blocksize,
                       top_k=args.top_k, batch_size=args.batch_size, local_workers=args.local_workers)
@@ -110,7 +114,7 @@ def _app(args):
 
 
 def _serve(args):
-    from papertasks.api import serve
+    from serving.api import serve
 
     serve(args.model, host=args.host, port=args.port, log_level=args.log_level, redis_url=args.redis_url,
           queue=args.queue, result_ttl=args.result_ttl, queue_ttl=args.queue_ttl, job_timeout=args.job_timeout,
@@ -119,7 +123,7 @@ def _serve(args):
 
 
 def _worker(args):
-    from papertasks.jobs import run_worker
+    from serving.jobs import run_worker
 
     if not args.redis_url:
         raise UserError("no Redis: pass --redis-url redis://HOST:6379/0 (or set PAPERTASKS_REDIS_URL)")
@@ -341,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for package in ("papertasks", "export", "scrapers"):
+    for package in ("papertasks", "export", "scrapers", "serving"):
         logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         args.func(args)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from papertasks.bootstrap import full_sample_metrics, paired_bootstrap, read_test_scores
+from papertasks.bootstrap import full_sample_metrics, paired_bootstrap
 from papertasks.errors import UserError
 from papertasks.evaluate import HEADLINE_HEADER, SINGLE_LABEL_HEADER, headline_row, is_single_label
 from papertasks.io import read_json, write_json, write_text
+from papertasks.test_scores import read_test_scores
 
 # The metrics the lead is given on: what a user of each kind of model looks at first.
 LEAD_METRICS = {"multi-label": ("f1_micro", "f1_macro", "precision_at_1"),

@@ -137,8 +137,10 @@ def load_eval_data(data_dir, labels: list[str]):
             test["text"].tolist(), label_matrix(test["labels"], labels))
 
 
-def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_positives: int = 10,
-                    update_bundle: bool = True, labels_json: str | None = None) -> dict:
+def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_positives: int = 10) -> dict:
+    """Score a bundle with the served predictor, tune thresholds on validation, write the report to
+    `out`. Recording the thresholds and metrics in the bundle is export's job
+    (export.bundle.record_evaluation; `papertasks evaluate` does both)."""
     from deployment.predictor import BundleError, Predictor
 
     try:
@@ -154,21 +156,13 @@ def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_p
     report = evaluate_probs(bundle_name(predictor), labels, y_valid, p_valid, y_test, p_test,
                             min_positives, problem)
     write_report(report, Path(out), p_test, y_test, labels)
-    if update_bundle:
-        bundle = Path(model)
-        write_json(bundle / "thresholds.json", report["thresholds"])
-        write_json(bundle / "metrics.json",
-                   {k: report[k] for k in ("model", "problem", "labels", "valid_rows", "test_rows")}
-                   | {k: _summary(report[k]) for k in ("test", "test_global_threshold") if k in report})
-        if labels_json:
-            write_json(Path(labels_json).with_name("thresholds.json"), report["thresholds"])
-        from export.model_card import write_model_card
-
-        write_model_card(bundle)
-        from deployment.manifest import write_manifest
-
-        write_manifest(bundle)  # the checksums must cover the files rewritten above
     return report
+
+
+def bundle_metrics(report: dict) -> dict:
+    """The headline of a report, as a bundle's metrics.json keeps it (no per-label tables)."""
+    return ({k: report[k] for k in ("model", "problem", "labels", "valid_rows", "test_rows")}
+            | {k: _summary(report[k]) for k in ("test", "test_global_threshold") if k in report})
 
 
 def bundle_name(predictor) -> str:
@@ -216,7 +210,7 @@ def write_report(report: dict, out: Path, p_test: np.ndarray, y_test: np.ndarray
     """metrics.json, report.md (headline + per-label table), the test scores (for `compare`'s
     bootstrap) and plots: per-label F1 with the precision-recall curve (multi-label) or the
     confusion matrix (single-label)."""
-    from papertasks.bootstrap import write_test_scores
+    from papertasks.test_scores import write_test_scores
 
     write_test_scores(out, p_test, y_test, labels)
     write_json(out / "metrics.json", report)

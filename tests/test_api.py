@@ -225,11 +225,12 @@ def test_bundle_manifest_covers_every_file_and_refuses_changes(tiny_bundle, tmp_
 
 
 def test_evaluate_refreshes_the_manifest(tiny_bundle, tiny_data, tmp_path):
-    from papertasks.evaluate import evaluate_bundle
+    from papertasks.cli import main
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    evaluate_bundle(str(bundle), str(tiny_data), str(tmp_path / "report"), min_positives=3)
+    assert main(["evaluate", "--model", str(bundle), "--data", str(tiny_data), "--out", str(tmp_path / "report"),
+                 "--min-positives", "3", "--labels-json", str(tmp_path / "json_files" / "labels.json")]) == 0
     assert "metrics.json" in read_manifest(bundle)["files"]
     assert Predictor(bundle).integrity.startswith("verified")  # thresholds.json changed, the manifest with it
 

@@ -22,8 +22,7 @@ def test_ensemble_ends_reproduce_evaluate_and_the_tfidf_baseline(tiny_bundle, ti
     weights = json.loads(out.read_text())["weights"]
     assert list(weights) == ["1.0", "0.5", "0.0"]
 
-    bundle = evaluate_bundle(str(tiny_bundle), str(tiny_data), str(tmp_path / "bundle_report"), min_positives=3,
-                             update_bundle=False)
+    bundle = evaluate_bundle(str(tiny_bundle), str(tiny_data), str(tmp_path / "bundle_report"), min_positives=3)
     tfidf = run_baseline(str(tiny_data), str(tmp_path / "tfidf_report"), min_positives=3)
     for weight, report in (("1.0", bundle), ("0.0", tfidf)):
         for metric, value in weights[weight]["per-label"]["test"].items():

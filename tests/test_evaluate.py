@@ -9,6 +9,7 @@ import pytest
 from papertasks.evaluate import (TOP_CLASS_THRESHOLDS, compute_metrics, evaluate_bundle, evaluate_probs,
                                  evaluation_problem, headline_header, headline_row, precision_at_k,
                                  single_label_metrics, tune_thresholds, write_report)
+from papertasks.cli import main
 from papertasks.errors import UserError
 
 LABELS = ["a", "b", "c"]
@@ -50,8 +51,9 @@ def test_evaluate_bundle_writes_thresholds_metrics_and_card(tiny_bundle, tiny_da
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    report = evaluate_bundle(str(bundle), str(tiny_data), str(tmp_path / "report"), min_positives=3,
-                             labels_json=str(tmp_path / "json_files" / "labels.json"))
+    assert main(["evaluate", "--model", str(bundle), "--data", str(tiny_data), "--out", str(tmp_path / "report"),
+                 "--min-positives", "3", "--labels-json", str(tmp_path / "json_files" / "labels.json")]) == 0
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     thresholds = json.loads((bundle / "thresholds.json").read_text())
     assert thresholds == report["thresholds"]
     assert json.loads((tmp_path / "json_files" / "thresholds.json").read_text()) == thresholds
@@ -130,8 +132,9 @@ def test_evaluate_single_label_bundle(tiny_pwc_bundle, tiny_data, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_pwc_bundle, bundle)
     data = tiny_pwc_bundle.parents[1] / "data"  # where the fixture prepared it
-    report = evaluate_bundle(str(bundle), str(data), str(tmp_path / "report"),
-                             labels_json=str(tmp_path / "json_files" / "labels.json"))
+    assert main(["evaluate", "--model", str(bundle), "--data", str(data), "--out", str(tmp_path / "report"),
+                 "--labels-json", str(tmp_path / "json_files" / "labels.json")]) == 0
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert report["problem"] == "multi-class" and "accuracy" in report["test"]
     assert json.loads((bundle / "thresholds.json").read_text()) == TOP_CLASS_THRESHOLDS
     assert (tmp_path / "report" / "confusion_matrix.png").stat().st_size > 0
@@ -142,7 +145,7 @@ def test_evaluate_single_label_bundle(tiny_pwc_bundle, tiny_data, tmp_path):
     probs = predictor.predict_proba(["Image classification with a small convolutional network."])
     assert predictor.single_label and predictor.global_threshold == 0.0 and predictor.decide(probs).sum() == 1
     with pytest.raises(UserError, match="single-label model"):
-        evaluate_bundle(str(bundle), str(tiny_data), str(tmp_path / "wrong"), update_bundle=False)
+        evaluate_bundle(str(bundle), str(tiny_data), str(tmp_path / "wrong"))
 
 
 def test_bootstrap_weights_are_resampled_rows():

@@ -49,8 +49,7 @@ def test_bench_reports_the_bundle_as_evaluate_does(tiny_bundle, tiny_data, tmp_p
                              "--min-positives", "3", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     served = json.loads(out.read_text())["engines"]["int8 arithmetic (the bundle as served)"]
-    report = evaluate_bundle(str(tiny_bundle), str(tiny_data), str(tmp_path / "report"), min_positives=3,
-                             update_bundle=False)
+    report = evaluate_bundle(str(tiny_bundle), str(tiny_data), str(tmp_path / "report"), min_positives=3)
     for metric, value in served["per-label thresholds"].items():
         assert value == pytest.approx(report["test"][metric], abs=1e-9), metric
 

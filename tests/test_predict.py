@@ -69,7 +69,7 @@ def _papers(tiny_data, tmp_path, n=70):
 def test_interrupted_predict_resumes_without_redoing_or_duplicating(tiny_bundle, tiny_data, tmp_path, monkeypatch):
     import pytest
 
-    from papertasks import batch
+    from serving import batch
 
     src = _papers(tiny_data, tmp_path)
     monkeypatch.setattr(batch, "CHUNK_ROWS", 16)
@@ -100,7 +100,7 @@ def test_interrupted_predict_resumes_without_redoing_or_duplicating(tiny_bundle,
 
 
 def test_workers_give_the_same_output(tiny_bundle, tiny_data, tmp_path, monkeypatch):
-    from papertasks import batch
+    from serving import batch
 
     src = _papers(tiny_data, tmp_path, n=64)
     monkeypatch.setattr(batch, "CHUNK_ROWS", 16)

@@ -34,7 +34,7 @@ def _predictor(model_dir: str):
 
 def score_lines(lines: list[str], model_dir: str, top_k: int | None, batch_size: int) -> list[str]:
     """One partition of JSONL lines -> output lines (same format as `papertasks predict`)."""
-    from papertasks.batch import row_id, row_text
+    from serving.batch import row_id, row_text
 
     rows = [json.loads(line) for line in lines if line.strip()]
     texts = [row_text(row, None, "dask partition") for row in rows]

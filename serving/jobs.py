@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE = "papertasks"
 UPLOAD_KEY = "papertasks:upload:{}"
 HEARTBEAT_KEY = "papertasks:heartbeat:{}"
-JOB_FUNC = "papertasks.jobs.run_batch_job"
+JOB_FUNC = "serving.jobs.run_batch_job"
 CHUNK_ROWS = int(os.environ.get("PAPERTASKS_JOB_CHUNK_ROWS", "64"))
 # Test hook: seconds to sleep after each chunk, so a test can kill a worker mid-job deterministically.
 CHUNK_DELAY_ENV = "PAPERTASKS_TEST_CHUNK_DELAY"

@@ -265,7 +265,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         if not cfg.redis_url:
             raise HTTPException(503, "async jobs are disabled: this server was started without --redis-url "
                                      "(POST /predict and /predict/batch work without Redis)")
-        from papertasks.jobs import redis_connection
+        from serving.jobs import redis_connection
 
         if redis_state["connection"] is None:
             redis_state["connection"] = redis_connection(cfg.redis_url, timeout=1.0)
@@ -361,7 +361,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
                 connection = _redis()
                 from rq import Worker
 
-                from papertasks.jobs import make_queue
+                from serving.jobs import make_queue
 
                 queue = make_queue(connection, cfg.queue)
                 redis_info.update(reachable=True, queue=cfg.queue, queued=queue.count,
@@ -399,7 +399,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
             raise InputError(f"{name}: larger than {cfg.max_upload_bytes:,} bytes, the upload limit; split the file",
                              status=413)
         check_file_header(data, name, text_field=text_field or None, max_bytes=cfg.max_upload_bytes)
-        from papertasks.jobs import enqueue_batch_job, make_queue
+        from serving.jobs import enqueue_batch_job, make_queue
 
         keep = min(ttl or cfg.result_ttl, cfg.result_ttl)
         job = enqueue_batch_job(make_queue(connection, cfg.queue), data, name, text_field=text_field or None,
@@ -417,7 +417,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
                         500: {"description": "failed: the worker was lost or crashed"}, 503: {"model": Problem}})
     def get_job(job_id: str, format: Literal["json", "csv"] = Query("json", description="results as JSON or CSV")):
         connection = _redis()
-        from papertasks.jobs import fetch_job, job_state
+        from serving.jobs import fetch_job, job_state
 
         job = fetch_job(connection, job_id) if _JOB_ID.match(job_id) else None
         gone = HTTPException(404, f"no job {job_id[:64]}: unknown, or its results expired "
@@ -457,7 +457,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
 
 
 def _queue(connection, name: str):
-    from papertasks.jobs import make_queue
+    from serving.jobs import make_queue
 
     return make_queue(connection, name)
 
@@ -479,7 +479,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: 
     cfg = app.state.settings
     if cfg.redis_url:
         try:
-            from papertasks.jobs import redis_connection
+            from serving.jobs import redis_connection
 
             redis_connection(cfg.redis_url, timeout=1.0).ping()
         except Exception as e:
