@@ -64,8 +64,10 @@ def _timed(fn, batches):
 
 
 def _length_sorted(texts, batch_size, tokenizer_len):
-    order = np.argsort([tokenizer_len(t) for t in texts], kind="stable")
-    return [[texts[i] for i in order[s:s + batch_size]] for s in range(0, len(texts), batch_size)], order
+    from papertasks.modeling import length_sorted_batches
+
+    rows = length_sorted_batches([tokenizer_len(t) for t in texts], batch_size)
+    return [[texts[i] for i in r] for r in rows], np.concatenate(rows)
 
 
 def run_engine(engine: str, args) -> dict:
@@ -77,13 +79,9 @@ def run_engine(engine: str, args) -> dict:
     max_length = args.max_length or bundle.max_length
     thresholds = bundle.thresholds
     if engine == "torch-fp32":
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from papertasks.modeling import load_trained, torch_scorer
 
-        from export.onnx_export import torch_scorer
-
-        model = AutoModelForSequenceClassification.from_pretrained(args.model).eval()
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-
+        model, tokenizer, _ = load_trained(Path(args.model))
         score = torch_scorer(model, tokenizer, max_length, bundle.truncation)  # the predictor's windows
         size = (Path(args.model) / "model.safetensors").stat().st_size
     else:

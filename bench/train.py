@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 def fresh_model(base, labels, seed):
     import torch
 
-    from papertasks.train import load_base
+    from papertasks.modeling import load_base
 
     torch.manual_seed(seed)
     return load_base(base, labels)
@@ -51,7 +51,7 @@ def fastai_seconds(hf_model, dls, lr) -> float:
 def plain_seconds(hf_model, dls, lr) -> float:
     import torch
 
-    from papertasks.learner import HFSequenceClassifier
+    from papertasks.modeling import HFSequenceClassifier
 
     model = HFSequenceClassifier(hf_model)
     model.train()

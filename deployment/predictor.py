@@ -26,6 +26,11 @@ except ImportError:
 _WHITESPACE = re.compile(r"\s+")
 
 
+# For a bundle (or a trained folder) that does not record its window; bundles from before head_tail cut the head.
+DEFAULT_MAX_LENGTH = 256
+DEFAULT_TRUNCATION = "head"
+
+
 class BundleError(ValueError):
     """The model folder is missing files or is inconsistent (labels vs model outputs)."""
 
@@ -74,8 +79,8 @@ class Predictor:
             raise BundleError(f"{self.model_dir}: no such model folder")
         self.labels = load_labels(self.model_dir / "labels.json")
         self.config = _read_json(self.model_dir / "config.json")
-        self.max_length = int(self.config.get("max_length", 256))
-        self.truncation = self.config.get("truncation", "head")  # bundles from before head_tail cut the head
+        self.max_length = int(self.config.get("max_length", DEFAULT_MAX_LENGTH))
+        self.truncation = self.config.get("truncation", DEFAULT_TRUNCATION)
         self.single_label = self.config.get("problem_type") == "single_label_classification"
         model_path = self.model_dir / model_file
         if not model_path.is_file():

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deployment.predictor import Predictor
 from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET, WEIGHT_TYPES
-from deployment.predictor import Predictor, load_labels
 from export.bundle import copy_bundle_files, seal_bundle
 from papertasks.errors import UserError
 from papertasks.io import atomic_dir, read_json, write_json
@@ -34,40 +34,16 @@ OPSET = 17
 FP32_TOLERANCE = 1e-3  # ONNX fp32 must match torch up to float noise
 
 
-def load_trained(model_dir: Path):
-    """The trained classifier and tokenizer, refusing folders whose labels do not fit the head."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"{model_dir}: not a trained model folder (no config.json); run `papertasks train` first")
-    labels_path = model_dir / "labels.json"
-    if not labels_path.is_file():
-        raise UserError(f"{model_dir}: no labels.json beside the model")
-    labels = load_labels(labels_path)
-    n_outputs = len(read_json(model_dir / "config.json").get("id2label", {}))
-    if n_outputs != len(labels):
-        raise UserError(f"{model_dir}: labels.json has {len(labels)} labels but the model has {n_outputs} outputs")
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return model, tokenizer, labels
-
-
 def export_onnx(model, tokenizer, path: Path) -> None:
     import torch
 
-    class LogitsOnly(torch.nn.Module):
-        def __init__(self, hf_model):
-            super().__init__()
-            self.hf_model = hf_model
-
-        def forward(self, input_ids, attention_mask):
-            return self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
+    from papertasks.modeling import HFSequenceClassifier
 
     sample = tokenizer(["a short text", "a somewhat longer text to export with"], padding=True, return_tensors="pt")
     axes = {0: "batch", 1: "sequence"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-        torch.onnx.export(LogitsOnly(model), (sample["input_ids"], sample["attention_mask"]), str(path),
+        torch.onnx.export(HFSequenceClassifier(model), (sample["input_ids"], sample["attention_mask"]), str(path),
                           input_names=["input_ids", "attention_mask"], output_names=["logits"],
                           dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
                           opset_version=OPSET, dynamo=False)
@@ -128,32 +104,6 @@ def cpu_int8_kernels(cpuinfo: str | None = None) -> dict:
     return {"cpu": fields.get("model name") or platform.processor() or "unknown", "int8_kernels": kernels}
 
 
-def torch_scorer(model, tokenizer, max_length: int, truncation: str):
-    """A function from texts to the trained model's probabilities on the windows the predictor builds
-    (same truncation); the tokenizer is converted once, not per batch."""
-    import torch
-    from tokenizers import Tokenizer
-
-    from deployment.truncation import encode_windows
-
-    model.eval()  # torch.onnx.export can leave the model in training mode (dropout on)
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    single_label = model.config.problem_type == "single_label_classification"
-
-    def score(texts: list[str]) -> np.ndarray:
-        with torch.no_grad():
-            enc = tokenizer.pad({"input_ids": encode_windows(backend, texts, max_length, truncation)}, return_tensors="pt")
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-            return (torch.softmax(logits, -1) if single_label else torch.sigmoid(logits)).numpy()
-    return score
-
-
-def torch_probs(model, tokenizer, texts: list[str], max_length: int, truncation: str,
-                batch_size: int = 16) -> np.ndarray:
-    score = torch_scorer(model, tokenizer, max_length, truncation)
-    return np.concatenate([score(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
-
-
 def load_parity_texts(data_dir: str | None, n: int) -> list[str]:
     """Real abstracts: the validation split of the prepared data, else the app's examples."""
     if data_dir:
@@ -173,12 +123,12 @@ def parity_report(reference: np.ndarray, candidate: np.ndarray, predictor) -> di
             "same_label_set": float(same.mean())}
 
 
-def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int) -> dict:
+def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int, truncation: str) -> dict:
     hf_config = read_json(model_dir / "config.json")
     if training.get("base_model") == offline_base_model():  # the default: no --base-model needed to reproduce
         training = {**training, "base_model": None}
     return {"max_length": max_length, "pad_token": tokenizer.pad_token,
-            "truncation": training.get("truncation", "head"),
+            "truncation": truncation,
             "problem_type": hf_config.get("problem_type") or "multi_label_classification",
             "base_model": training.get("base_model") or OFFLINE_BASE_NAME, "architecture": (hf_config.get("architectures") or [None])[0],
             "trained_on": training.get("data_report"),
@@ -191,11 +141,12 @@ def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int) -
 def export_bundle(model: str, out: str, data_dir: str | None = None, parity_texts: int = 64,
                   max_prob_diff: float = DEFAULT_MAX_PROB_DIFF, min_same_set: float = DEFAULT_MIN_SAME_SET, work_dir: str | None = None,
                   reduce_range: bool = False, weights: str = "s8") -> dict:
+    from papertasks.modeling import load_trained, torch_probs, trained_window, training_record
+
     model_dir, out = Path(model), Path(out)
     hf_model, tokenizer, labels = load_trained(model_dir)
-    training_path = model_dir / "training_config.json"
-    training = read_json(training_path) if training_path.is_file() else {}
-    max_length = int(training.get("max_length", 256))
+    training = training_record(model_dir)
+    max_length, truncation = trained_window(training)
     work = Path(work_dir) if work_dir else model_dir / "onnx"
     work.mkdir(parents=True, exist_ok=True)
     fp32_path = work / "model.onnx"
@@ -209,14 +160,14 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
         thresholds_src = model_dir / "thresholds.json"
         write_json(staging / "thresholds.json",
                    read_json(thresholds_src) if thresholds_src.is_file() else {"global": 0.5, "per_label": {}})
-        config = bundle_config(model_dir, tokenizer, training, max_length)
+        config = bundle_config(model_dir, tokenizer, training, max_length, truncation)
         write_json(staging / "config.json", config)
         copy_bundle_files(staging, work, names=("tokenizer.json", "labels.json", "config.json"))
 
         texts = load_parity_texts(data_dir, parity_texts)
         int8 = Predictor(staging)
         fp32 = Predictor(work)
-        reference = torch_probs(hf_model, tokenizer, texts, max_length, config["truncation"])
+        reference = torch_probs(hf_model, tokenizer, texts, max_length, truncation)
         fp32_probs, int8_probs = fp32.predict_proba(texts), int8.predict_proba(texts)
         parity = {"texts": len(texts),
                   "onnx_fp32_vs_torch": parity_report(reference, fp32_probs, int8),

@@ -11,7 +11,6 @@ silently reused.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import re
@@ -19,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deployment.predictor import normalize_whitespace
-from deployment.truncation import STRATEGIES, encode_windows
+from deployment.truncation import STRATEGIES
 from papertasks.errors import UserError
 from papertasks.io import atomic_path, read_json, write_json
 from papertasks.paths import OFFLINE_BASE_NAME, offline_base_model
@@ -80,43 +78,19 @@ def embed_texts(texts: list[str], base_model: str, max_length: int = 128, trunca
     import torch
     from tqdm.auto import tqdm
 
+    from papertasks.modeling import length_sorted_batches, load_encoder, pad_id_of, pad_windows, text_windows
+
     if truncation not in STRATEGIES:
         raise UserError(f"truncation must be one of {', '.join(STRATEGIES)}, not {truncation!r}")
-    tokenizer, backend, model = load_encoder(base_model)
-    windows = encode_windows(backend, [normalize_whitespace(t) for t in texts], max_length, truncation)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokenizer, model = load_encoder(base_model)
+    windows = text_windows(tokenizer, texts, max_length, truncation)
     vectors = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    order = np.argsort([len(w) for w in windows], kind="stable")
     with torch.no_grad():
-        for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch"):
-            rows = order[start:start + batch_size]
-            longest = max(len(windows[i]) for i in rows)
-            input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), longest), dtype=torch.long)
-            for k, i in enumerate(rows):
-                input_ids[k, :len(windows[i])] = torch.as_tensor(windows[i])
-                mask[k, :len(windows[i])] = 1
+        for rows in tqdm(length_sorted_batches([len(w) for w in windows], batch_size), desc="embedding",
+                         unit="batch"):
+            input_ids, mask = pad_windows([windows[i] for i in rows], pad_id_of(tokenizer))
             hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
             vectors[rows] = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
     return vectors
-
-
-@functools.lru_cache(maxsize=1)
-def load_encoder(base_model: str):
-    """Tokenizer, its `tokenizers` backend (the object saved as tokenizer.json and served) and the
-    encoder in eval mode; loaded once for all the splits of a run."""
-    from tokenizers import Tokenizer
-    from transformers import AutoModel, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base_model)
-        model = AutoModel.from_pretrained(base_model).eval()
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load base model '{base_model}': {first}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise UserError(f"'{base_model}' has no fast tokenizer (tokenizer.json), so its windows cannot be fitted "
-                        "as the served model fits them")
-    return tokenizer, Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()), model

@@ -15,8 +15,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
-                             roc_auc_score, top_k_accuracy_score)
 
 from papertasks.data import label_matrix, read_problem, read_split
 from papertasks.errors import UserError
@@ -32,6 +30,8 @@ TOP_CLASS_THRESHOLDS = {"global": 0.0, "per_label": {}, "note": "single-label: t
 def tune_thresholds(y: np.ndarray, probs: np.ndarray, labels: list[str], min_positives: int) -> dict:
     """One global threshold maximizing micro-F1, then per label maximizing that label's F1 where the
     label has at least `min_positives` validation positives (others keep the global one)."""
+    from sklearn.metrics import f1_score  # here, not at the top: sklearn takes a second to load
+
     micro = [f1_score(y, probs >= t, average="micro", zero_division=0) for t in THRESHOLD_GRID]
     global_t = float(THRESHOLD_GRID[int(np.argmax(micro))])
     per_label = {}
@@ -56,6 +56,8 @@ def precision_at_k(y: np.ndarray, probs: np.ndarray, k: int) -> float:
 
 
 def compute_metrics(y: np.ndarray, probs: np.ndarray, cut: np.ndarray, labels: list[str]) -> dict:
+    from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
+
     pred = probs >= cut
     present = y.sum(axis=0) > 0
     both = present & (y.sum(axis=0) < len(y))
@@ -79,6 +81,9 @@ def single_label_metrics(y: np.ndarray, probs: np.ndarray, labels: list[str]) ->
     (as the multi-label macro-F1 does), so a class missing from the test set does not count as 0;
     predicting it is still an error for the true class. Top-3 accuracy only when there are more
     than 3 classes; ROC-AUC of the second class for two, else macro one-vs-rest."""
+    from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
+                                 roc_auc_score, top_k_accuracy_score)
+
     n = len(labels)
     true, pred = y.argmax(axis=1), probs.argmax(axis=1)
     present = np.flatnonzero(y.sum(axis=0) > 0)

@@ -4,10 +4,11 @@ Blurr's last release pins torch<2 and fails on current fastai/transformers, so t
 four pieces of it the original project used:
 
 1. `tokenized_dataloaders`: texts are tokenized once (with the bundle's tokenizer.json and the
-   predictor's own window fitting, `deployment/truncation.py`), and each batch is padded only to
+   predictor's own window fitting, `papertasks/modeling.py`), and each batch is padded only to
    its own longest text (Blurr's batch tokenization), yielding (input_ids, attention_mask, targets).
-2. `HFSequenceClassifier`: wraps an `AutoModelForSequenceClassification` so fastai can call it
-   with positional tensors and get plain logits back.
+2. `HFSequenceClassifier` (papertasks/modeling.py, also what export traces): wraps an
+   `AutoModelForSequenceClassification` so fastai can call it with positional tensors and get plain
+   logits back.
 3. `hf_splitter`: three parameter groups (embeddings / encoder / head) for discriminative
    learning rates and fastai's freeze / unfreeze.
 4. `classifier_learner`: a Learner with the loss and metrics of the problem: BCE-with-logits (or
@@ -26,10 +27,9 @@ from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat, FocalLossFlat
 from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
-from tokenizers import Tokenizer
 from torch import nn
 
-from deployment.truncation import encode_windows
+from papertasks.modeling import HFSequenceClassifier, pad_id_of, pad_windows, text_windows
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
@@ -38,9 +38,7 @@ class TokenizedDataset(torch.utils.data.Dataset):
 
     def __init__(self, tokenizer, texts: list[str], targets: np.ndarray, max_length: int, truncation: str,
                  single_label: bool):
-        # The fast tokenizer's own `tokenizers` object: the one saved as tokenizer.json and served.
-        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-        self.input_ids = encode_windows(backend, texts, max_length, truncation)
+        self.input_ids = text_windows(tokenizer, texts, max_length, truncation)
         self.targets = (torch.as_tensor(targets.argmax(axis=1), dtype=torch.long) if single_label
                         else torch.as_tensor(targets, dtype=torch.float32))
 
@@ -53,20 +51,14 @@ class TokenizedDataset(torch.utils.data.Dataset):
 
 def pad_batch(items, pad_id: int):
     """Pad a list of (ids, target) to the batch's longest ids -> (input_ids, attention_mask, targets)."""
-    longest = max(len(ids) for ids, _ in items)
-    input_ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(items), longest), dtype=torch.long)
-    for row, (ids, _) in enumerate(items):
-        input_ids[row, :len(ids)] = torch.as_tensor(ids)
-        attention[row, :len(ids)] = 1
-    return input_ids, attention, torch.stack([t for _, t in items])
+    return *pad_windows([ids for ids, _ in items], pad_id), torch.stack([t for _, t in items])
 
 
 def tokenized_dataloaders(tokenizer, train: tuple[list[str], np.ndarray], valid: tuple[list[str], np.ndarray],
                           max_length: int, batch_size: int, truncation: str = "head_tail", single_label: bool = False,
                           device=None) -> DataLoaders:
     """fastai DataLoaders over pre-tokenized texts; batches padded per batch."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id_of(tokenizer)
 
     def make(texts_targets, shuffle):
         ds = TokenizedDataset(tokenizer, *texts_targets, max_length=max_length, truncation=truncation,
@@ -77,17 +69,6 @@ def tokenized_dataloaders(tokenizer, train: tuple[list[str], np.ndarray], valid:
     dls = DataLoaders(make(train, True), make(valid, False), device=device)
     dls.n_inp = 2
     return dls
-
-
-class HFSequenceClassifier(nn.Module):
-    """fastai calls model(*xb); Hugging Face models want keywords and return an output object."""
-
-    def __init__(self, hf_model):
-        super().__init__()
-        self.hf_model = hf_model
-
-    def forward(self, input_ids, attention_mask):
-        return self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 def hf_splitter(model: HFSequenceClassifier) -> list[list[nn.Parameter]]:

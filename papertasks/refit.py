@@ -26,7 +26,7 @@ import numpy as np
 
 from papertasks.data import label_matrix, read_labels, read_split
 from papertasks.errors import UserError
-from papertasks.io import atomic_dir, read_json, write_json
+from papertasks.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +63,23 @@ def head_inputs(hf_model, tokenizer, texts: list[str], max_length: int, truncati
     """What the last linear layer receives for each text, in eval mode, on the windows the predictor
     builds. Batches are sorted by length so each is padded only to its own longest window."""
     import torch
-    from tokenizers import Tokenizer
     from tqdm.auto import tqdm
 
-    from deployment.predictor import normalize_whitespace
-    from deployment.truncation import encode_windows
+    from papertasks.modeling import length_sorted_batches, pad_id_of, pad_windows, text_windows
 
     layer = last_linear(hf_model, hf_model.config.num_labels)
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    windows = encode_windows(backend, [normalize_whitespace(t) for t in texts], max_length, truncation)
+    windows = text_windows(tokenizer, texts, max_length, truncation)
     features = np.zeros((len(texts), layer.in_features), dtype=np.float32)
     captured = []
     hook = layer.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
-    order = np.argsort([len(w) for w in windows], kind="stable")
     hf_model.eval()
     try:
         with torch.inference_mode():
-            for start in tqdm(range(0, len(texts), batch_size), desc="head features", unit="batch"):
-                rows = order[start:start + batch_size]
-                enc = tokenizer.pad({"input_ids": [windows[i] for i in rows]}, return_tensors="pt")
+            for rows in tqdm(length_sorted_batches([len(w) for w in windows], batch_size), desc="head features",
+                             unit="batch"):
+                input_ids, mask = pad_windows([windows[i] for i in rows], pad_id_of(tokenizer))
                 captured.clear()
-                hf_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+                hf_model(input_ids=input_ids, attention_mask=mask)
                 features[rows] = captured[-1].float().numpy()
     finally:
         hook.remove()
@@ -135,10 +131,10 @@ def _cached_head_inputs(model_dir: Path, hf_model, tokenizer, name: str, texts: 
 def refit_head(cfg: RefitConfig) -> Path:
     import torch
 
-    from export.onnx_export import load_trained
     from papertasks.evaluate import evaluate_probs
     from papertasks.kfold import sample_rows
     from papertasks.learner import make_loss, positive_weights
+    from papertasks.modeling import load_trained, trained_window, training_record
     from papertasks.train import oversample_rows
 
     model_dir, out = Path(cfg.model), Path(cfg.out)
@@ -149,9 +145,8 @@ def refit_head(cfg: RefitConfig) -> Path:
     hf_model, tokenizer, labels = load_trained(model_dir)
     if labels != read_labels(cfg.data):
         raise UserError(f"{model_dir} was trained on other labels than {cfg.data}")
-    training_path = model_dir / "training_config.json"
-    training = read_json(training_path) if training_path.is_file() else {}
-    max_length, truncation = int(training.get("max_length", 128)), training.get("truncation", "head")
+    training = training_record(model_dir)
+    max_length, truncation = trained_window(training)
     single_label = hf_model.config.problem_type == "single_label_classification"
     problem = training.get("problem") or ("multi-class" if single_label else "multi-label")
 

@@ -55,10 +55,6 @@ class TrainConfig:
     seed: int = 42
 
 
-def hf_problem_type(problem: str) -> str:
-    return "multi_label_classification" if problem == "multi-label" else "single_label_classification"
-
-
 def oversample_rows(y: np.ndarray, target: int, seed: int) -> np.ndarray:
     """Row indices with the rows of rare labels repeated: a row is drawn ceil(target / n) times in
     all, n being the count of its rarest label (at most 10x), so labels under `target` examples get
@@ -67,24 +63,6 @@ def oversample_rows(y: np.ndarray, target: int, seed: int) -> np.ndarray:
     rarest = np.where(y > 0, counts, np.inf).min(axis=1)
     repeats = np.clip(np.ceil(target / rarest), 1, 10).astype(int)
     return np.random.default_rng(seed).permutation(np.repeat(np.arange(len(y)), repeats))
-
-
-def load_base(base_model: str, labels: list[str], problem: str = "multi-label"):
-    """Tokenizer + a sequence classifier with a fresh head for the problem; hub id or local folder."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base_model)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base_model, num_labels=len(labels), problem_type=hf_problem_type(problem),
-            id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
-            ignore_mismatched_sizes=True)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load base model '{base_model}': {first}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise UserError(f"'{base_model}' has no fast tokenizer (tokenizer.json); the ONNX app needs one")
-    return tokenizer, model
 
 
 def _checkpointer_class():
@@ -125,6 +103,7 @@ def train(cfg: TrainConfig) -> Path:
     from fastai.torch_core import set_seed
 
     from papertasks.learner import classifier_learner, make_loss, positive_weights, tokenized_dataloaders
+    from papertasks.modeling import load_base
 
     out = Path(cfg.out)
     labels = read_labels(cfg.data)
@@ -205,8 +184,8 @@ def cross_validate_training(cfg: TrainConfig, folds: int) -> dict:
     import tempfile
     from dataclasses import replace
 
-    from export.onnx_export import load_trained, torch_probs
     from papertasks.kfold import cross_validate
+    from papertasks.modeling import load_trained, torch_probs
 
     if cfg.resume:
         raise UserError("--resume continues one training run; it does not apply to --folds")

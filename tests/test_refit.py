@@ -13,7 +13,7 @@ from conftest import REPO, assert_clean_error, run_cli
 
 def test_head_features_give_the_models_own_logits(tiny_model, tiny_data):
     """The hooked features times the head's weights are the model's logits: what is refitted is what is served."""
-    from export.onnx_export import load_trained, torch_probs
+    from papertasks.modeling import load_trained, torch_probs
     from papertasks.data import read_split
     from papertasks.refit import head_inputs, head_probabilities, last_linear
 
@@ -41,7 +41,8 @@ def test_last_linear_is_the_label_layer_of_other_encoders(kind):
 
 
 def test_refit_head_cli_writes_a_model_that_exports(tiny_model, tiny_data, tmp_path):
-    from export.onnx_export import export_bundle, load_trained
+    from export.onnx_export import export_bundle
+    from papertasks.modeling import load_trained
     from papertasks.io import read_json
     from papertasks.refit import last_linear
 

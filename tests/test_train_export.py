@@ -29,7 +29,8 @@ def test_trained_folder_is_a_hugging_face_model(tiny_model, tiny_data):
 def test_splitter_gives_embeddings_encoder_head(tiny_model):
     from transformers import AutoModelForSequenceClassification
 
-    from papertasks.learner import HFSequenceClassifier, hf_splitter
+    from papertasks.learner import hf_splitter
+    from papertasks.modeling import HFSequenceClassifier
 
     model = HFSequenceClassifier(AutoModelForSequenceClassification.from_pretrained(tiny_model))
     groups = hf_splitter(model)
@@ -135,7 +136,7 @@ def test_unsigned_weights_export(tiny_model, tiny_bundle, tmp_path):
 def test_onnx_matches_torch_on_padded_batches(tiny_model, tiny_bundle):
     """Batches of very different lengths exercise padding and the dynamic axes (the fp32 ONNX that
     building tiny_bundle leaves in <model>/onnx)."""
-    from export.onnx_export import load_trained, torch_probs
+    from papertasks.modeling import load_trained, torch_probs
 
     model, tokenizer, _ = load_trained(tiny_model)
     texts = ["Graph neural networks.", "A long abstract " * 40, "Speech recognition with transformers for low-resource languages."]

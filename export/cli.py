@@ -1,0 +1,39 @@
+"""`papertasks export`, registered by this stage (each stage adds its own commands)."""
+from __future__ import annotations
+
+import argparse
+
+from export import WEIGHT_TYPES
+from papertasks.cli_support import use_defaults
+from papertasks.paths import DEFAULT_BUNDLE
+
+
+def _export(args):
+    from export.onnx_export import export_bundle
+
+    export_bundle(args.model, args.out, data_dir=args.data, parity_texts=args.parity_texts,
+                  max_prob_diff=args.max_prob_diff, min_same_set=args.min_same_set,
+                  work_dir=args.work_dir, reduce_range=args.reduce_range, weights=args.weights)
+
+
+def register(subparsers) -> None:
+    from export.onnx_export import export_bundle
+
+    p = subparsers.add_parser("export", help="ONNX export, int8 quantization, parity check, deployment bundle",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="folder written by `train`")
+    p.add_argument("--out", default=DEFAULT_BUNDLE,
+                   help="bundle folder (the Space serves those listed in deployment/models/models.json)")
+    p.add_argument("--data", help="prepared data folder: parity texts come from its validation split")
+    p.add_argument("--parity-texts", type=int)
+    p.add_argument("--max-prob-diff", type=float, help="fail if int8 and torch differ more than this")
+    p.add_argument("--min-same-set", type=float,
+                   help="fail if fewer texts than this share get the same label set in int8 and torch")
+    p.add_argument("--work-dir", help="keep the fp32 ONNX here (default: <model>/onnx)")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="7-bit int8 weights: no overflow in the int8 kernels of x86 CPUs without VNNI (AVX2 only)")
+    p.add_argument("--weights", choices=sorted(WEIGHT_TYPES),
+                   help="signed int8 weights (fastest kernels; they saturate on x86 CPUs without VNNI) or unsigned "
+                        "ones (no saturation on any CPU)")
+    use_defaults(p, export_bundle, data="data_dir")
+    p.set_defaults(func=_export)

@@ -1,0 +1,158 @@
+"""The torch side of "what is trained is what is served", written once for train, refit, export,
+the embeddings baseline and the benches.
+
+Texts become token windows exactly as the served predictor builds them (deployment/truncation.py,
+with the tokenizer.json the bundle ships); batches are sorted by window length and padded only to
+their own longest window; models load from a hub id or a local `save_pretrained` folder with a
+one-line error when they cannot. It imports torch: stages import it inside the functions that need
+it, so `papertasks --help` and the ONNX-only commands never load torch.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deployment.predictor import DEFAULT_MAX_LENGTH, DEFAULT_TRUNCATION, load_labels, normalize_whitespace
+from deployment.truncation import encode_windows
+from papertasks.errors import UserError
+from papertasks.io import read_json
+
+
+def served_tokenizer(tokenizer):
+    """The fast tokenizer's own `tokenizers` object: the one saved as tokenizer.json and served."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+
+
+def pad_id_of(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def pad_windows(windows: list[list[int]], pad_id: int):
+    """Token-id windows -> (input_ids, attention_mask) tensors padded on the right to the longest."""
+    longest = max(len(ids) for ids in windows)
+    input_ids = torch.full((len(windows), longest), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(windows), longest), dtype=torch.long)
+    for row, ids in enumerate(windows):
+        input_ids[row, :len(ids)] = torch.as_tensor(ids)
+        attention[row, :len(ids)] = 1
+    return input_ids, attention
+
+
+def length_sorted_batches(lengths, batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of similar length (stable), so each batch pads only to its own longest."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def text_windows(tokenizer, texts: list[str], max_length: int, truncation: str) -> list[list[int]]:
+    """The windows the predictor builds for these texts (whitespace-normalized, fitted to max_length)."""
+    return encode_windows(served_tokenizer(tokenizer), [normalize_whitespace(t) for t in texts], max_length,
+                          truncation)
+
+
+class HFSequenceClassifier(torch.nn.Module):
+    """Positional (input_ids, attention_mask) in, plain logits out: how fastai calls a model, and
+    what the exported ONNX graph takes and returns."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        self.hf_model = hf_model
+
+    def forward(self, input_ids, attention_mask):
+        return self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _from_pretrained(name: str, load):
+    """`load(name)` for a hub id or a local folder; a missing folder, an unknown id or no network
+    becomes one line. The tokenizer must be a fast one: its tokenizer.json is what the bundle serves."""
+    try:
+        tokenizer, model = load(name)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load base model '{name}': {first}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"'{name}' has no fast tokenizer (tokenizer.json); the served model needs one")
+    return tokenizer, model
+
+
+def hf_problem_type(problem: str) -> str:
+    return "multi_label_classification" if problem == "multi-label" else "single_label_classification"
+
+
+def load_base(base_model: str, labels: list[str], problem: str = "multi-label"):
+    """Tokenizer + a sequence classifier with a fresh head for the problem."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    return _from_pretrained(base_model, lambda name: (
+        AutoTokenizer.from_pretrained(name),
+        AutoModelForSequenceClassification.from_pretrained(
+            name, num_labels=len(labels), problem_type=hf_problem_type(problem),
+            id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
+            ignore_mismatched_sizes=True)))
+
+
+@functools.lru_cache(maxsize=1)
+def load_encoder(base_model: str):
+    """Tokenizer and the bare encoder in eval mode (frozen embeddings); loaded once for all the
+    splits of a run."""
+    from transformers import AutoModel, AutoTokenizer
+
+    return _from_pretrained(base_model, lambda name: (AutoTokenizer.from_pretrained(name),
+                                                      AutoModel.from_pretrained(name).eval()))
+
+
+def load_trained(model_dir: Path):
+    """A folder written by `train` or `refit-head`: classifier, tokenizer and labels, refusing folders
+    whose labels do not fit the head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir}: not a trained model folder (no config.json); run `papertasks train` first")
+    labels_path = model_dir / "labels.json"
+    if not labels_path.is_file():
+        raise UserError(f"{model_dir}: no labels.json beside the model")
+    labels = load_labels(labels_path)
+    n_outputs = len(read_json(model_dir / "config.json").get("id2label", {}))
+    if n_outputs != len(labels):
+        raise UserError(f"{model_dir}: labels.json has {len(labels)} labels but the model has {n_outputs} outputs")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return model, tokenizer, labels
+
+
+def training_record(model_dir: Path) -> dict:
+    """training_config.json of a trained folder ({} for a model trained elsewhere)."""
+    path = Path(model_dir) / "training_config.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def trained_window(training: dict) -> tuple[int, str]:
+    """The window a model was trained on; a model trained elsewhere gets the predictor's defaults."""
+    return int(training.get("max_length", DEFAULT_MAX_LENGTH)), training.get("truncation", DEFAULT_TRUNCATION)
+
+
+def torch_scorer(model, tokenizer, max_length: int, truncation: str):
+    """A function from texts to the trained model's probabilities on the windows the predictor builds
+    (same truncation); the tokenizer is converted once, not per batch."""
+    model.eval()  # torch.onnx.export can leave the model in training mode (dropout on)
+    backend, pad_id = served_tokenizer(tokenizer), pad_id_of(tokenizer)
+    single_label = model.config.problem_type == "single_label_classification"
+
+    def score(texts: list[str]) -> np.ndarray:
+        with torch.no_grad():
+            input_ids, mask = pad_windows(encode_windows(backend, texts, max_length, truncation), pad_id)
+            logits = model(input_ids=input_ids, attention_mask=mask).logits
+            return (torch.softmax(logits, -1) if single_label else torch.sigmoid(logits)).numpy()
+    return score
+
+
+def torch_probs(model, tokenizer, texts: list[str], max_length: int, truncation: str,
+                batch_size: int = 16) -> np.ndarray:
+    score = torch_scorer(model, tokenizer, max_length, truncation)
+    return np.concatenate([score(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])

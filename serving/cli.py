@@ -1,0 +1,118 @@
+"""The serving commands: `predict`, `predict-dask`, `app`, `serve`, `worker` (this stage registers them)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from papertasks.cli_support import use_defaults
+from papertasks.errors import UserError
+from papertasks.paths import DEFAULT_BUNDLE, DEFAULT_MODELS_DIR
+
+
+def _predict(args):
+    from serving.batch import predict_file
+
+    predict_file(args.input, args.output, model_dir=args.model, batch_size=args.batch_size,
+                 text_field=args.text_field, top_k=args.top_k, workers=args.workers)
+
+
+def _predict_dask(args):
+    from serving.distributed import predict_with_dask
+
+    predict_with_dask(args.inputs, args.output, args.model, scheduler=args.scheduler, blocksize=args.blocksize,
+                      top_k=args.top_k, batch_size=args.batch_size, local_workers=args.local_workers)
+
+
+def _app(args):
+    from deployment.app import launch
+
+    launch(model_dir=args.model, host=args.host, port=args.port, share=args.share)
+
+
+def _serve(args):
+    from serving.api import serve
+
+    serve(args.model, host=args.host, port=args.port, log_level=args.log_level, redis_url=args.redis_url,
+          queue=args.queue, result_ttl=args.result_ttl, queue_ttl=args.queue_ttl, job_timeout=args.job_timeout,
+          job_heartbeat=args.job_heartbeat, max_batch=args.max_batch,
+          max_upload_bytes=int(args.max_upload_mb * 2**20))
+
+
+def _worker(args):
+    from serving.jobs import run_worker
+
+    if not args.redis_url:
+        raise UserError("no Redis: pass --redis-url redis://HOST:6379/0 (or set PAPERTASKS_REDIS_URL)")
+    run_worker(args.redis_url, args.queue, model_dir=args.model, burst=args.burst, name=args.name)
+
+
+def register(sub) -> None:
+    from serving.api import Settings, serve
+    from serving.batch import predict_file
+    from serving.distributed import predict_with_dask
+
+    p = sub.add_parser("predict", help="batch prediction: JSONL/CSV in, JSONL out (id, labels, scores)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("input", help="JSONL / CSV / Parquet with `text` or title + abstract")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--model", default=DEFAULT_BUNDLE)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--text-field")
+    p.add_argument("--top-k", type=int, help="keep only the K best scores per line")
+    p.add_argument("--workers", type=int, help="processes scoring chunks in parallel (order kept)")
+    use_defaults(p, predict_file)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("predict-dask", help="batch prediction on a Dask cluster (many machines), same predictor",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", help="a JSONL file or a glob of them")
+    p.add_argument("-o", "--output", required=True, help="new folder for part-NNNNN.jsonl files")
+    p.add_argument("--model", default=DEFAULT_BUNDLE, help="bundle path, the same on every worker")
+    p.add_argument("--scheduler", help="tcp://HOST:8786 (default: a local cluster on this machine)")
+    p.add_argument("--local-workers", type=int, help="processes of the local cluster (default: cores)")
+    p.add_argument("--blocksize", help="input bytes per partition")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--top-k", type=int)
+    use_defaults(p, predict_with_dask)
+    p.set_defaults(func=_predict_dask)
+
+    p = sub.add_parser("app", help="the Gradio app (same as `python deployment/app.py`)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODELS_DIR,
+                   help="a folder with models.json (every model it lists, with a picker) or one bundle folder")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--share", action="store_true")
+    p.set_defaults(func=_app)
+
+    settings = Settings()
+    redis_default = os.environ.get("PAPERTASKS_REDIS_URL")
+    p = sub.add_parser("serve", help="REST API (FastAPI + uvicorn): /predict, /predict/batch, /jobs, /docs",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODELS_DIR,
+                   help="a folder with models.json (requests pick a model by name) or one bundle folder")
+    p.add_argument("--host", help="0.0.0.0 to listen on every interface")
+    p.add_argument("--port", type=int)
+    p.add_argument("--redis-url", help="Redis for async jobs, e.g. redis://127.0.0.1:6379/0 (default: "
+                                        "$PAPERTASKS_REDIS_URL); without it /jobs answers 503 and the rest works")
+    p.add_argument("--queue", help="RQ queue the jobs go to")
+    p.add_argument("--result-ttl", type=int, help="seconds job results and failures are kept")
+    p.add_argument("--queue-ttl", type=int, help="seconds a job may wait for a worker")
+    p.add_argument("--job-timeout", type=int, help="seconds a worker may spend on one job")
+    p.add_argument("--job-heartbeat", type=float,
+                   help="running jobs heartbeat this often; silent for 3x this = worker lost, job failed")
+    p.add_argument("--max-batch", type=int, help="most items in one POST /predict/batch")
+    p.add_argument("--max-upload-mb", type=float, default=settings.max_upload_bytes / 2**20,
+                   help="largest file POST /jobs accepts")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    use_defaults(p, serve, Settings)
+    p.set_defaults(redis_url=redis_default, func=_serve)
+
+    p = sub.add_parser("worker", help="an RQ worker for /jobs (run any number, on any machine with the bundle)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--redis-url", default=redis_default, help="the server's Redis (default: $PAPERTASKS_REDIS_URL)")
+    p.add_argument("--queue", nargs="+", default=[settings.queue], help="queues to take jobs from")
+    p.add_argument("--model", default=DEFAULT_MODELS_DIR, help="the same --model as the server's")
+    p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    p.add_argument("--name", help="worker name (default: RQ picks a unique one)")
+    p.set_defaults(func=_worker)
