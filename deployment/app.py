@@ -17,13 +17,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 try:  # imported as part of the papertasks package (`papertasks app`)
-    from .inputs import (MAX_FILE_BYTES, MAX_TEXT_CHARS, InputError, language_warnings, predict_rows,
-                          read_batch_file, results_to_csv)
+    from .inputs import (MAX_FILE_BYTES, InputError, language_warnings, predict_rows, read_batch_file,
+                          results_to_csv, text_from)
     from .predictor import BundleError, Predictor
     from .registry import TOP_CLASSES, ModelEntry, Registry, UnknownModelError
 except ImportError:  # run as a Space: `python app.py`
-    from inputs import (MAX_FILE_BYTES, MAX_TEXT_CHARS, InputError, language_warnings, predict_rows,
-                         read_batch_file, results_to_csv)
+    from inputs import (MAX_FILE_BYTES, InputError, language_warnings, predict_rows, read_batch_file,
+                         results_to_csv, text_from)
     from predictor import BundleError, Predictor
     from registry import TOP_CLASSES, ModelEntry, Registry, UnknownModelError
 
@@ -75,11 +75,10 @@ def build_demo(registry: Registry) -> gr.Blocks:
                 gr.Label(value=None, label=scores_title(predictor)), "")
 
     def classify(text: str, threshold: float, per_label: bool, model: str, top_k: int):
-        text = (text or "").strip()
-        if not text:
-            raise gr.Error("Paste a paper's title and abstract first.")
-        if len(text) > MAX_TEXT_CHARS:
-            raise gr.Error(f"That text has {len(text):,} characters; an abstract has fewer than {MAX_TEXT_CHARS:,}.")
+        try:  # the rule every front end applies to a text (deployment.inputs)
+            text = text_from(text or "")
+        except InputError as e:
+            raise gr.Error(str(e), print_exception=False) from None
         predictor = predictor_for(model)
         if predictor.single_label:  # the best class, and the runners-up with their probabilities
             result = predictor.predict([text], top_k=int(top_k or TOP_CLASSES))[0]

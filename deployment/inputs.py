@@ -1,17 +1,21 @@
-"""Input checks shared by the REST API, the job workers and the Gradio app.
+"""Input checks shared by the Gradio app, the REST API, the job workers and batch prediction.
 
-One place decides what a usable text is, how an uploaded CSV/JSONL file is read and how results are
-written back as CSV, so the three front ends refuse the same inputs with the same messages.
+One place decides what a usable row is (read_row: its id, its text or its error), how an uploaded
+CSV/JSONL file is read and how results are written back as CSV, so the app, the API, the jobs,
+`papertasks predict` and `papertasks predict-dask` refuse the same inputs with the same messages.
 Standard library only (no torch, no pandas): the Space folder runs it as it is.
 
 Limits (documented in the README):
-- a text (or title + abstract) must have at least one non-space character and at most
-  MAX_TEXT_CHARS characters; an abstract has far fewer;
+- a row's id is its first non-blank `id` / `arxiv_id` / `paper_id`, as given, else its position in
+  the input (from 0); duplicate ids are kept;
+- a row's text is its `text` field (or the field named by text_field), else `title` + `abstract`;
+  it must be a string (null counts as empty) with at least one non-space character, no NUL and at
+  most MAX_TEXT_CHARS characters after whitespace normalization; an abstract has far fewer;
+- a row whose text breaks a rule (fields missing, not a string, empty, too long, NUL) gets an
+  `error` and no labels; the other rows are still scored, in input order;
 - an uploaded file must be UTF-8 CSV/TSV or JSON Lines (or a JSON array of objects), at most
-  MAX_FILE_BYTES bytes and MAX_FILE_ROWS rows; each row needs a `text` field, or `title` and/or
-  `abstract`; an `id` / `arxiv_id` / `paper_id` field is kept, else the row number (from 0);
-- within a file, a row with an empty or too long text gets an `error` and no labels, the others
-  are still scored (as `papertasks predict` does);
+  MAX_FILE_BYTES bytes and MAX_FILE_ROWS rows; a CSV/TSV header without the text columns, or a
+  malformed line, fails the whole file;
 - the model was trained on English abstracts: text that is mostly in another script, or Latin-script
   text with almost no English function words, is still scored but gets a warning.
 """
@@ -55,22 +59,79 @@ class InputError(ValueError):
         self.status = status
 
 
-def text_from(text: str | None = None, title: str | None = None, abstract: str | None = None,
-              where: str | None = None) -> str:
-    """The model input from `text` or from `title` + `abstract`, whitespace-normalized and checked;
-    `where` (e.g. 'items[3]') starts the error message."""
-    at = f"{where}: " if where else ""
-    if text is not None and (title is not None or abstract is not None):
-        raise InputError(f"{at}give either 'text' or 'title' + 'abstract', not both")
-    joined = normalize_whitespace(text) if text is not None else compose_text(title, abstract)
+def _kind(value) -> str:
+    """What a non-string JSON value is, for a message."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _field_text(value, field: str) -> str:
+    """One text field's value as a string (None: empty); InputError for anything else or a NUL."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputError(f"{field} is {_kind(value)}, not a string; send a paper's title and abstract as text")
+    if "\x00" in value:
+        raise InputError(f"{field} contains a NUL character (U+0000); remove it")
+    return value
+
+
+def _row_text(row: dict, text_field: str | None = None) -> str:
+    """The model input of a row: `text_field`, else `text`, else `title` + `abstract`, whitespace-
+    normalized; InputError (one line, no location) when the row has no usable text."""
+    if text_field:
+        if text_field not in row:
+            raise InputError(f"no '{text_field}' field (fields: {_shown(list(row))})")
+        field = f"'{text_field}'"
+        joined = normalize_whitespace(_field_text(row[text_field], field))
+    elif "text" in row:
+        field = "'text'"
+        joined = normalize_whitespace(_field_text(row["text"], field))
+    elif "title" in row or "abstract" in row:
+        field = "'title' / 'abstract'"
+        joined = compose_text(_field_text(row.get("title"), "'title'"), _field_text(row.get("abstract"), "'abstract'"))
+    else:
+        raise InputError(f"needs a 'text' field or 'title' and 'abstract' fields (found: {_shown(list(row))})")
     if not joined:
-        field = "'text'" if text is not None else ("'title' / 'abstract'" if title is not None or abstract is not None
-                                                   else "'text' (or 'title' + 'abstract')")
-        raise InputError(f"{at}{field} is empty; send a paper's title and abstract")
+        raise InputError(f"{field} is empty; send a paper's title and abstract")
     if len(joined) > MAX_TEXT_CHARS:
-        raise InputError(f"{at}{len(joined):,} characters; the limit is {MAX_TEXT_CHARS:,} "
+        raise InputError(f"{len(joined):,} characters; the limit is {MAX_TEXT_CHARS:,} "
                          "(a title and abstract is far shorter)")
     return joined
+
+
+def _row_id(row: dict, index: int):
+    """The first of ID_FIELDS that is not None nor blank, as given (a number stays a number), else `index`."""
+    return next((row[k] for k in ID_FIELDS if row.get(k) is not None and str(row[k]).strip()), index)
+
+
+def read_row(row: dict, index: int, text_field: str | None = None) -> dict:
+    """The one rule for an input row, whichever front end read it: {'id', 'text'} when it can be
+    scored, else {'id', 'text': '', 'error': 'one line'}. `index` is the row's position in the input
+    (from 0), its id when it has none."""
+    record = {"id": _row_id(row, index)}
+    try:
+        record["text"] = _row_text(row, text_field)
+    except InputError as e:
+        record.update(text="", error=str(e))
+    return record
+
+
+def text_from(text: object = None, title: object = None, abstract: object = None) -> str:
+    """One text from a single-text request (`text`, or `title` + `abstract`, as sent: None when absent),
+    checked by the rows' rule: InputError with the message its row would get."""
+    if text is not None and (title is not None or abstract is not None):
+        raise InputError("give either 'text' or 'title' + 'abstract', not both")
+    if title is not None or abstract is not None:
+        return _row_text({"title": title, "abstract": abstract})
+    return _row_text({"text": text})
 
 
 def language_warnings(text: str) -> list[str]:
@@ -121,7 +182,9 @@ def _shown(fields: Sequence[str]) -> str:
     return ", ".join(names) + (f", ... ({len(fields)} in all)" if len(fields) > 20 else "") if names else "none"
 
 
-def _text_columns(fields: Sequence[str], text_field: str | None, where: str) -> None:
+def check_text_columns(fields: Sequence[str], text_field: str | None, where: str) -> None:
+    """A table's header (CSV/TSV, Parquet) must hold the text columns: else every row would fail,
+    so the whole file is refused."""
     if text_field:
         if text_field not in fields:
             raise InputError(f"{where}: no '{text_field}' field (fields: {_shown(fields)})")
@@ -182,7 +245,8 @@ def _records(text: str, name: str, kind: str):
 
 def check_file_header(data: bytes, name: str, text_field: str | None = None,
                       max_bytes: int = MAX_FILE_BYTES) -> None:
-    """Quick checks the API does before queueing: size, type, UTF-8, and the first record's fields.
+    """Quick checks the API does before queueing: size, type, UTF-8, a CSV header's columns, and that
+    the first record can be read.
     The worker reads the whole file later (read_batch_file) and reports what is wrong further down."""
     if len(data) > max_bytes:
         raise InputError(f"{name}: {len(data):,} bytes; the limit is {max_bytes:,}", status=413)
@@ -190,12 +254,10 @@ def check_file_header(data: bytes, name: str, text_field: str | None = None,
     text = _decode(data, name)
     records = _records(text, name, kind)
     try:
-        first = next(records)
-        if kind in (".csv", ".tsv"):
-            _text_columns(first[1], text_field, name)
-            first = next(records)
-        where, row = first
-        _text_columns(list(row), text_field, where)
+        where, first = next(records)
+        if where is None:  # the CSV header; a JSON row without the text fields is that row's error
+            check_text_columns(first, text_field, name)
+            next(records)
     except StopIteration:
         raise InputError(f"{name}: no rows") from None
 
@@ -211,42 +273,36 @@ def read_batch_file(data: bytes, name: str, text_field: str | None = None, max_r
     rows = []
     for where, row in _records(text, name, kind):
         if where is None:  # the CSV header
-            _text_columns(row, text_field, name)
+            check_text_columns(row, text_field, name)
             continue
         if len(rows) == max_rows:
             raise InputError(f"{name}: more than {max_rows:,} rows; split the file", status=413)
-        index = len(rows)
-        record = {"id": next((row[k] for k in ID_FIELDS if row.get(k) not in (None, "")), index)}
-        _text_columns(list(row), text_field, where)  # a row without the text fields: the file is wrong
-        try:
-            if text_field or "text" in row:
-                record["text"] = text_from(str(row[text_field or "text"] or ""), where=where)
-            else:
-                record["text"] = text_from(title=str(row.get("title") or ""),
-                                           abstract=str(row.get("abstract") or ""), where=where)
-        except InputError as e:  # an empty or too long text: this row gets an error, the rest is scored
-            record.update(text="", error=str(e).removeprefix(f"{where}: "))
-        rows.append(record)
+        rows.append(read_row(row, len(rows), text_field))
     if not rows:
         raise InputError(f"{name}: no rows")
     return rows
 
 
 def predict_rows(predictor, rows: list[dict], threshold: float | None = None, top_k: int | None = None,
-                 chunk_rows: int = 64, progress: Callable[[int, int], None] | None = None) -> list[dict]:
-    """Score read_batch_file rows in chunks (calling progress(done, total) after each); each result
-    is {'id', 'labels', 'scores', 'warnings'} or {'id', 'labels': [], 'scores': {}, 'error'}."""
+                 chunk_rows: int = 64, progress: Callable[[int, int], None] | None = None, batch_size: int = 32,
+                 warnings: bool = True) -> list[dict]:
+    """Score read_row rows in chunks (calling progress(done, total) after each); each result is
+    {'id', 'labels', 'scores', 'warnings'} ('warnings' only if asked) or
+    {'id', 'labels': [], 'scores': {}, 'error'}, in input order."""
     results = []
     total = len(rows)
     for start in range(0, total, chunk_rows):
         chunk = rows[start:start + chunk_rows]
         good = [r for r in chunk if not r.get("error")]
-        predictions = iter(predictor.predict([r["text"] for r in good], threshold=threshold, top_k=top_k))
+        predictions = iter(predictor.predict([r["text"] for r in good], threshold=threshold, top_k=top_k,
+                                             batch_size=batch_size))
         for row in chunk:
             if row.get("error"):
                 results.append({"id": row["id"], "labels": [], "scores": {}, "error": row["error"]})
-            else:
+            elif warnings:
                 results.append({"id": row["id"], **next(predictions), "warnings": language_warnings(row["text"])})
+            else:
+                results.append({"id": row["id"], **next(predictions)})
         if progress:
             progress(min(start + chunk_rows, total), total)
     return results

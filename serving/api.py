@@ -6,6 +6,9 @@ Async: POST /jobs (CSV/JSONL upload) -> 202 + Location; GET /jobs/{id} -> 202 wh
        (422 bad file, 500 worker lost or failed) when it failed, 404 when unknown or expired.
 Jobs need Redis and at least one `papertasks worker`; without Redis the sync endpoints work and the
 jobs endpoints answer 503. Every error is JSON {"detail": "one line"}; nothing answers a traceback.
+/predict refuses an unusable text with 422; /predict/batch items and /jobs rows are read by
+deployment.inputs.read_row, like every other front end: an unusable one gets an `error`, the others
+are scored.
 
 It serves every model of a registry (deployment/models/models.json, see deployment.registry) or one
 bundle; requests pick one with `model` (default: the first listed). A multi-label model answers the
@@ -18,7 +21,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployment.inputs import (MAX_FILE_BYTES, MAX_TEXT_CHARS, InputError, check_file_header, language_warnings,
-                               results_to_csv, text_from)
+                               predict_rows, read_row, results_to_csv, text_from)
 from deployment.manifest import bundle_fingerprint
 from deployment.predictor import BundleError, Predictor
 from deployment.registry import TOP_CLASSES, Registry, UnknownModelError
@@ -62,19 +65,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+ROW_TEXT = "a string; anything else, or an empty or too long text, is answered with an `error` for this item"
+
+
 class Paper(_Strict):
-    id: Union[str, int, None] = Field(None, description="echoed back in batch results")
-    text: str | None = Field(None, description="title and abstract in one string")
-    title: str | None = None
-    abstract: str | None = None
+    """A batch item, read as a file row is (deployment.inputs.read_row): its text is checked per item."""
+    id: Union[str, int, None] = Field(None, description="echoed back in batch results (blank: the item's index)")
+    arxiv_id: Union[str, int, None] = Field(None, description="the id when `id` is absent or blank")
+    paper_id: Union[str, int, None] = Field(None, description="the id when `id` and `arxiv_id` are absent or blank")
+    text: Any = Field(None, description=f"title and abstract in one string: {ROW_TEXT}")
+    title: Any = Field(None, description=f"used with `abstract` when there is no `text`: {ROW_TEXT}")
+    abstract: Any = Field(None, description=ROW_TEXT)
 
 
 class PredictRequest(_Strict):
-    text: str | None = Field(None, description="title and abstract in one string (or send title + abstract)",
-                             examples=["Attention is all you need. We propose a new network architecture, the "
-                                       "Transformer, based solely on attention mechanisms."])
-    title: str | None = None
-    abstract: str | None = None
+    text: Any = Field(None, description="title and abstract in one string (or send title + abstract); checked "
+                                        "by the rule every front end applies (deployment.inputs): 422 if unusable",
+                      examples=["Attention is all you need. We propose a new network architecture, the "
+                                "Transformer, based solely on attention mechanisms."])
+    title: Any = Field(None, description="a string, used with `abstract`")
+    abstract: Any = Field(None, description="a string, used with `title`")
     model: str | None = Field(None, description=MODEL_FIELD, examples=["arxiv"])
     threshold: float | None = Field(None, ge=0.0, le=1.0,
                                     description="one global threshold; default: the bundle's tuned per-label ones "
@@ -86,7 +96,9 @@ class PredictRequest(_Strict):
 
 class BatchRequest(_Strict):
     items: list[Union[str, Paper]] = Field(..., description=f"texts, or objects with id and text or title + "
-                                           f"abstract; at most {MAX_BATCH} (the server's --max-batch)")
+                                           f"abstract; at most {MAX_BATCH} (the server's --max-batch). Each is "
+                                           "read as a file row is: an unusable one gets an `error`, the others "
+                                           "are scored")
     model: str | None = Field(None, description=MODEL_FIELD)
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1)
@@ -104,12 +116,14 @@ class BatchPrediction(BaseModel):
     id: Union[str, int, None] = Field(None, description="the item's id, else its index")
     labels: list[str]
     scores: dict[str, float]
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[str] | None = Field(None, description="on a scored item, e.g. the text does not look like English")
+    error: str | None = Field(None, description="why this item was not scored (its labels and scores are empty)")
 
 
 class BatchResponse(BaseModel):
     model: str
     count: int
+    errors: int = Field(..., description="items not scored, each with its `error`")
     results: list[BatchPrediction]
 
 
@@ -287,11 +301,9 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         except BundleError as e:
             raise HTTPException(503, f"model {entry.name!r} cannot be served: {e}") from None
 
-    def _predict(predictor: Predictor, texts: list[str], threshold, top_k) -> list[dict]:
+    def _top_k(predictor: Predictor, top_k: int | None) -> int:
         n_labels = len(predictor.labels)
-        top_k = min(top_k or (TOP_CLASSES if predictor.single_label else n_labels), n_labels)
-        results = predictor.predict(texts, threshold=threshold, top_k=top_k)
-        return [{**r, "warnings": language_warnings(t)} for t, r in zip(texts, results)]
+        return min(top_k or (TOP_CLASSES if predictor.single_label else n_labels), n_labels)
 
     error_responses = {413: {"model": Problem}, 422: {"model": Problem}}
 
@@ -305,10 +317,12 @@ def create_app(model_dir: str, **settings) -> FastAPI:
     def predict(body: PredictRequest) -> dict:
         text = text_from(body.text, body.title, body.abstract)
         name, predictor = _model(body.model)
-        return {"model": name, **_predict(predictor, [text], body.threshold, body.top_k)[0]}
+        result = predictor.predict([text], threshold=body.threshold, top_k=_top_k(predictor, body.top_k))[0]
+        return {"model": name, **result, "warnings": language_warnings(text)}
 
-    @app.post("/predict/batch", response_model=BatchResponse, responses=error_responses, tags=["predict"],
-              summary=f"Labels and scores for up to {cfg.max_batch} papers")
+    @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True,
+              responses=error_responses, tags=["predict"],
+              summary=f"Labels and scores for up to {cfg.max_batch} papers; an unusable item gets an error")
     def predict_batch(body: BatchRequest) -> dict:
         if not body.items:
             raise InputError("items: the list is empty; send at least one paper")
@@ -316,17 +330,11 @@ def create_app(model_dir: str, **settings) -> FastAPI:
             raise InputError(f"items: {len(body.items)} papers; the limit is {cfg.max_batch} per request "
                              "(upload a file to POST /jobs for more)", status=413)
         name, predictor = _model(body.model)
-        texts, ids = [], []
-        for i, item in enumerate(body.items):
-            where = f"items[{i}]"
-            if isinstance(item, str):
-                texts.append(text_from(item, where=where))
-                ids.append(i)
-            else:
-                texts.append(text_from(item.text, item.title, item.abstract, where=where))
-                ids.append(item.id if item.id is not None else i)
-        results = _predict(predictor, texts, body.threshold, body.top_k)
-        return {"model": name, "count": len(results), "results": [{"id": i, **r} for i, r in zip(ids, results)]}
+        rows = [read_row({"text": item} if isinstance(item, str) else item.model_dump(exclude_unset=True), i)
+                for i, item in enumerate(body.items)]
+        results = predict_rows(predictor, rows, threshold=body.threshold, top_k=_top_k(predictor, body.top_k),
+                               chunk_rows=len(rows))
+        return {"model": name, "count": len(results), "errors": sum("error" in r for r in results), "results": results}
 
     @app.get("/models", response_model=ModelList, tags=["model"], summary="The models served, in the picker's order")
     def models() -> dict:

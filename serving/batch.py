@@ -2,7 +2,9 @@
 
 Input is read in chunks, so memory stays bounded by the chunk size, and output goes to a temp file
 renamed into place at the end: an interrupted or failed run leaves no half-written output.
-Each output line keeps the input `id` (or the row number) and adds `labels` and `scores`.
+Each output line keeps the input `id` (or the row's position, from 0) and adds `labels` and `scores`;
+a row without a usable text gets `error` instead (deployment.inputs.read_row: the same rule and
+messages as the app, the API and the jobs), and the other rows are still scored.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from deployment.inputs import ID_FIELDS, InputError, json_object_line
-from deployment.predictor import BundleError, Predictor, compose_text, normalize_whitespace
+from deployment.inputs import InputError, check_text_columns, json_object_line, predict_rows, read_row
+from deployment.predictor import BundleError, Predictor
 from papertasks.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,9 @@ def _chunks(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
         yield chunk
 
 
-def iter_rows(path: Path) -> Iterator[dict]:
-    """Rows as dicts, streamed; a malformed line stops the run with its line number."""
+def iter_rows(path: Path, text_field: str | None = None) -> Iterator[dict]:
+    """Rows as dicts, streamed; a malformed line, or a CSV/Parquet without the text columns, stops the
+    run with its line number or the columns it has."""
     import gzip
 
     name = path.name.lower().removesuffix(".gz")
@@ -47,13 +50,19 @@ def iter_rows(path: Path) -> Iterator[dict]:
         elif name.endswith((".csv", ".tsv")):
             import pandas as pd
 
-            for frame in pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=CHUNK_ROWS,
-                                     sep="\t" if name.endswith(".tsv") else ","):
+            for n, frame in enumerate(pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=CHUNK_ROWS,
+                                                  sep="\t" if name.endswith(".tsv") else ",")):
+                if n == 0:
+                    fields = [str(c).strip() for c in frame.columns]  # as the app and the API read a header
+                    check_text_columns(fields, text_field, str(path))
+                frame.columns = fields
                 yield from frame.to_dict("records")
         elif name.endswith(".parquet"):
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS):
+            table = pq.ParquetFile(path)
+            check_text_columns(table.schema_arrow.names, text_field, str(path))
+            for batch in table.iter_batches(batch_size=CHUNK_ROWS):
                 yield from batch.to_pylist()
         else:
             raise UserError(f"{path}: unknown format (use .jsonl, .csv, .tsv or .parquet)")
@@ -63,22 +72,6 @@ def iter_rows(path: Path) -> Iterator[dict]:
         raise UserError(f"{path}: not UTF-8 text") from None
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:120]})") from None
-
-
-def row_text(row: dict, text_field: str | None, where: str) -> str:
-    if text_field:
-        if text_field not in row:
-            raise UserError(f"{where}: no '{text_field}' field (fields: {', '.join(row)})")
-        return normalize_whitespace(str(row[text_field] or ""))
-    if "text" in row:
-        return normalize_whitespace(str(row["text"] or ""))
-    if "title" in row or "abstract" in row:
-        return compose_text(row.get("title") or "", row.get("abstract") or "")
-    raise UserError(f"{where}: needs a 'text' field or 'title' + 'abstract' (fields: {', '.join(row)})")
-
-
-def row_id(row: dict, index: int):
-    return next((row[k] for k in ID_FIELDS if k in row), index)
 
 
 _predictor: Predictor | None = None  # one per worker process
@@ -91,15 +84,11 @@ def _init_worker(model_dir: str, threads: int | None) -> None:
 
 def _score_chunk(job: tuple) -> list[str]:
     """Output lines for one chunk of input rows, in input order."""
-    first_index, rows, text_field, top_k, batch_size, where = job
-    texts = [row_text(row, text_field, f"{where} row {first_index + i + 1}") for i, row in enumerate(rows)]
-    results = _predictor.predict(texts, top_k=top_k, batch_size=batch_size)
-    lines = []
-    for i, (row, text, result) in enumerate(zip(rows, texts, results)):
-        record = {"id": row_id(row, first_index + i), **result} if text else \
-            {"id": row_id(row, first_index + i), "labels": [], "scores": {}, "error": "empty text"}
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    return lines
+    first_index, rows, text_field, top_k, batch_size = job
+    rows = [read_row(row, first_index + i, text_field) for i, row in enumerate(rows)]
+    results = predict_rows(_predictor, rows, top_k=top_k, chunk_rows=max(len(rows), 1), batch_size=batch_size,
+                           warnings=False)
+    return [json.dumps(record, ensure_ascii=False) + "\n" for record in results]
 
 
 def _run_fingerprint(src: Path, model_dir: str, text_field, top_k) -> dict:
@@ -152,8 +141,8 @@ def predict_file(input: str, output: str, model_dir: str, batch_size: int = 32, 
         log.info("resuming after %d predictions already in %s", done, partial)
     state.write_text(json.dumps(fingerprint))
 
-    rows = itertools.islice(iter_rows(src), done, None)
-    jobs = ((done + n * CHUNK_ROWS, chunk, text_field, top_k, batch_size, str(src))
+    rows = itertools.islice(iter_rows(src, text_field), done, None)
+    jobs = ((done + n * CHUNK_ROWS, chunk, text_field, top_k, batch_size)
             for n, chunk in enumerate(_chunks(rows, CHUNK_ROWS)))
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (model_dir, threads)) if workers > 1 else None

@@ -10,6 +10,11 @@ scheduler: each JSONL input is split into byte blocks, every worker scores its b
     papertasks predict-dask 'papers/*.jsonl' -o predictions/ --scheduler tcp://HOST:8786
 
 Without `--scheduler` it runs a local cluster (all cores of this machine), which is how it is tested.
+
+Rows are read by deployment.inputs.read_row, as everywhere else: a row keeps its id, else gets its
+position in the input (all files, in order, from 0), and a row without a usable text gets an `error`.
+A malformed line stops the run with its file:line. The input is read twice: once to count each
+block's lines, once to score it.
 """
 from __future__ import annotations
 
@@ -32,23 +37,46 @@ def _predictor(model_dir: str):
     return Predictor(model_dir)
 
 
-def score_lines(lines: list[str], model_dir: str, top_k: int | None, batch_size: int) -> list[str]:
-    """One partition of JSONL lines -> output lines (same format as `papertasks predict`)."""
-    from serving.batch import row_id, row_text
+def partition_shape(lines: list[tuple[str, str]]) -> tuple[str | None, int, int]:
+    """(file, lines, rows) of one partition of (line, file) pairs; a row is a non-blank line."""
+    return (lines[0][1] if lines else None), len(lines), sum(1 for line, _ in lines if line.strip())
 
-    rows = [json.loads(line) for line in lines if line.strip()]
-    texts = [row_text(row, None, "dask partition") for row in rows]
-    results = _predictor(model_dir).predict(texts, top_k=top_k, batch_size=batch_size)
-    return [json.dumps({"id": row_id(row, None), **result}, ensure_ascii=False)
-            for row, result in zip(rows, results)]
+
+def partition_starts(shapes: list[tuple[str | None, int, int]]) -> list[tuple[int, int]]:
+    """For each partition, in order: its first line's number in its file (from 1) and its first row's
+    position in the whole input (from 0; the files in the order given), as `papertasks predict` counts."""
+    starts, lines_before, rows_before = [], {}, 0
+    for path, n_lines, n_rows in shapes:
+        starts.append((lines_before.get(path, 0) + 1, rows_before))
+        lines_before[path] = lines_before.get(path, 0) + n_lines
+        rows_before += n_rows
+    return starts
+
+
+def score_lines(lines: list[tuple[str, str]], first_line: int, first_index: int, model_dir: str,
+                top_k: int | None, batch_size: int) -> list[str]:
+    """One partition of (JSONL line, file) pairs -> its output (lines as `papertasks predict` writes
+    them), as one string, or nothing for a partition without rows (its part file stays empty); each
+    row is read by deployment.inputs.read_row, its id defaulting to its position in the input."""
+    from deployment.inputs import json_object_line, predict_rows, read_row
+
+    rows = []
+    for n, (line, path) in enumerate(lines):
+        if line.strip():
+            rows.append(read_row(json_object_line(line, f"{path}:{first_line + n}"), first_index + len(rows)))
+    results = predict_rows(_predictor(model_dir), rows, top_k=top_k, chunk_rows=max(len(rows), 1),
+                           batch_size=batch_size, warnings=False)
+    return ["".join(json.dumps(record, ensure_ascii=False) + "\n" for record in results)] if results else []
 
 
 def predict_with_dask(inputs: str, output_dir: str, model_dir: str, scheduler: str | None = None,
                       blocksize: str = "16MiB", top_k: int | None = None, batch_size: int = 32,
                       local_workers: int | None = None) -> list[str]:
+    import dask
     import dask.bag as db
     from dask.distributed import Client, LocalCluster
 
+    from deployment.inputs import InputError
     from deployment.predictor import BundleError
 
     model_dir = str(Path(model_dir).resolve())
@@ -67,14 +95,23 @@ def predict_with_dask(inputs: str, output_dir: str, model_dir: str, scheduler: s
     staging.mkdir(parents=True)
     cluster = None if scheduler else LocalCluster(n_workers=local_workers, threads_per_worker=1,
                                                    processes=True, dashboard_address=None)
-    with Client(scheduler or cluster) as client:
-        log.info("dask: %s", client)
-        bag = db.read_text(files, blocksize=blocksize)
-        scored = bag.map_partitions(score_lines, model_dir, top_k, batch_size)
-        written = scored.to_textfiles(str(staging / "part-*.jsonl"), name_function=lambda i: f"{i:05d}",
-                                      last_endline=True)
-    if cluster is not None:
-        cluster.close()
+    try:
+        with Client(scheduler or cluster) as client:
+            log.info("dask: %s", client)
+            parts = db.read_text(files, blocksize=blocksize, include_path=True).to_delayed()
+            # a first pass counts each partition's lines and rows, so every row knows its position in
+            # the input (its id when it has none) and a malformed line its file:line
+            starts = partition_starts(dask.compute(*[dask.delayed(partition_shape)(part) for part in parts]))
+            scored = db.from_delayed([dask.delayed(score_lines)(part, first_line, first_index, model_dir, top_k,
+                                                                batch_size)
+                                      for part, (first_line, first_index) in zip(parts, starts)])
+            written = scored.to_textfiles(str(staging / "part-*.jsonl"), name_function=lambda i: f"{i:05d}")
+    except InputError as e:  # a malformed line: keep nothing
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(str(e)) from None
+    finally:
+        if cluster is not None:
+            cluster.close()
     if out.exists():
         out.rmdir()
     staging.rename(out)

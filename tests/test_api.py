@@ -112,7 +112,9 @@ BAD_REQUESTS = [
     ("nothing", {}, 422, "is empty"),
     ("1 MB text", {"text": "word " * 209_716}, 422, "characters; the limit is 20,000"),
     ("text and title", {"text": "a paper", "title": "a title"}, 422, "not both"),
-    ("a number as text", {"text": 5}, 422, "text: Input should be a valid string"),
+    ("a number as text", {"text": 5}, 422, "'text' is a number, not a string"),
+    ("a list as abstract", {"title": "T", "abstract": ["A"]}, 422, "'abstract' is a list, not a string"),
+    ("a NUL in the text", {"text": "Graph\u0000 networks"}, 422, "'text' contains a NUL character"),
     ("misspelt field", {"abstarct": "x"}, 422, "abstarct: Extra inputs are not permitted"),
     ("threshold out of range", {"text": "a paper", "threshold": 2}, 422, "threshold"),
     ("top_k of 0", {"text": "a paper", "top_k": 0}, 422, "top_k"),
@@ -144,10 +146,20 @@ def test_bad_batches_and_limits(api):
     assert r.status_code == 413 and "257 papers; the limit is 256" in r.json()["detail"]
     r = api.post("/predict/batch", json={"items": []})
     assert r.status_code == 422 and "empty" in r.json()["detail"]
-    r = api.post("/predict/batch", json={"items": ["fine", {"text": "   "}]})
-    assert r.status_code == 422 and r.json()["detail"].startswith("items[1]:")
-    r = api.post("/predict/batch", json={"items": ["fine", "x" * 30_000]})
-    assert r.status_code == 422 and "items[1]: 30,000 characters" in r.json()["detail"]
+    # an unusable item gets its error, as a file row does (tests/test_input_rule.py), the others are scored
+    r = api.post("/predict/batch", json={"items": ["fine", {"text": "   "}, "x" * 30_000, {"id": "p3", "text": 5}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == 4 and body["errors"] == 3 and [x["id"] for x in body["results"]] == [0, 1, 2, "p3"]
+    assert body["results"][0]["scores"] and "error" not in body["results"][0]
+    assert [x.get("error") for x in body["results"][1:]] == [
+        "'text' is empty; send a paper's title and abstract",
+        "30,000 characters; the limit is 20,000 (a title and abstract is far shorter)",
+        "'text' is a number, not a string; send a paper's title and abstract as text"]
+    assert all(x["labels"] == [] and x["scores"] == {} and "warnings" not in x for x in body["results"][1:])
+    r = api.post("/predict/batch", json={"items": ["fine", {"txet": "typo"}]})  # an unknown field: the request
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and "items.1" in detail and "Extra inputs are not permitted" in detail
     big = b'{"text": "' + b"a" * (9 * 2**20) + b'"}'  # past the 8 MB body limit
     r = api.post("/predict", content=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "the limit is 8,388,608" in r.json()["detail"]
@@ -279,12 +291,16 @@ def test_batch_file_reader_edge_cases():
         {"id": "x", "text": "A"}, {"id": 1, "text": "B"}]
     assert read_batch_file(b'{"arxiv_id": "2401.1", "title": "T", "abstract": null}\n\n', "a.ndjson") == [
         {"id": "2401.1", "text": "T"}]
+    # a JSON row without the text fields is that row's error (a CSV header without them fails the file)
+    assert read_batch_file(b'{"text": "a"}\n{"body": "b"}\n', "a.jsonl") == [
+        {"id": 0, "text": "a"},
+        {"id": 1, "text": "", "error": "needs a 'text' field or 'title' and 'abstract' fields (found: body)"}]
     cases = [(b"text\nfine\nextra,cells,here\n", "a.csv", "a.csv:3: more cells than the 1 header columns", 422),
              (b'"text\nunclosed', "a.csv", "a.csv:1: not valid CSV (unexpected end of data)", 422),
              (b'text\n"a"b\n', "a.csv", "a.csv:2: not valid CSV", 422),
              (b"text\n" + b"a\n" * 11, "a.csv", "more than 10 rows", 413),
              (b'{"text": "a"}\n[1]\n', "a.jsonl", "a.jsonl:2: expected a JSON object per line", 422),
-             (b'{"text": "a"}\n{"body": "b"}\n', "a.jsonl", "a.jsonl:2: needs a 'text' column", 422)]
+             (b"id,body\n1,b\n", "a.csv", "a.csv: needs a 'text' column or 'title' and 'abstract' columns", 422)]
     for data, name, fragment, status in cases:
         with pytest.raises(InputError, match=re.escape(fragment)) as error:
             read_batch_file(data, name, max_rows=10)

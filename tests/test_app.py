@@ -33,7 +33,8 @@ def test_app_answers_through_gradio_client(tiny_bundle):
         # a global threshold of 0.05 must select at least the best label
         top, chosen = client.predict(example, 0.05, False, api_name="/classify")
         assert f"**{top['label']}**" in chosen
-        for bad, message in (("   ", "Paste a paper's title and abstract"), ("x" * 30_000, "characters")):
+        for bad, message in (("   ", "'text' is empty; send a paper's title and abstract"),
+                             ("x" * 30_000, "30,000 characters; the limit is 20,000")):
             with pytest.raises(Exception, match=message):
                 client.predict(bad, 0.5, True, api_name="/classify")
         # the server keeps serving after bad input
@@ -64,9 +65,9 @@ def test_space_folder_is_self_contained():
     packages = {line.split("==")[0].strip() for line in lines if line.strip() and not line.startswith("#")}
     assert {"gradio", "onnxruntime", "tokenizers", "numpy"} <= packages
     assert not packages & {"torch", "transformers", "fastai"}
-    imports = [line for f in ("app.py", "predictor.py", "registry.py")
+    imports = [line for f in ("app.py", "inputs.py", "predictor.py", "registry.py")
                for line in (REPO / "deployment" / f).read_text().splitlines() if line.startswith(("import ", "from "))]
-    assert not [line for line in imports if "papertasks" in line or "torch" in line]
+    assert not [line for line in imports if "papertasks" in line or "serving" in line or "torch" in line]
 
 
 def test_shipped_registry_serves_arxiv_first_and_skips_bundles_not_exported_yet():

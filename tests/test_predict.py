@@ -52,9 +52,10 @@ def test_bad_predict_input_is_clean_and_writes_nothing(tiny_bundle, tmp_path):
     bad_json.write_text('{"id": 1, "text": "fine"}\n{"id": 2, "text": broken\n')
     assert_clean_error(run_cli("predict", bad_json, "-o", tmp_path / "o1.jsonl", "--model", tiny_bundle),
                        "predict", "bad.jsonl:2: not valid JSON")
-    no_text = write_jsonl(tmp_path / "notext.jsonl", [{"id": 1, "body": "x"}])
-    assert_clean_error(run_cli("predict", no_text, "-o", tmp_path / "o2.jsonl", "--model", tiny_bundle),
-                       "predict", "needs a 'text' field")
+    no_text = tmp_path / "notext.csv"  # a header without the text columns: every row would fail
+    no_text.write_text("id,body\n1,x\n")
+    assert_clean_error(run_cli("predict", no_text, "-o", tmp_path / "o2.jsonl", "--model", tiny_bundle), "predict",
+                       "notext.csv: needs a 'text' column or 'title' and 'abstract' columns (found: id, body)")
     assert_clean_error(run_cli("predict", no_text, "-o", tmp_path / "o3.jsonl", "--model", tmp_path / "nomodel"),
                        "predict", "no such model folder")
     assert not list(tmp_path.glob("o*.jsonl")) and not list(tmp_path.glob(".o*"))
