@@ -192,13 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     use_defaults(p, evaluate_bundle)
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("baseline", help="TF-IDF or frozen-embedding + logistic regression, same split and metrics",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("baseline", help="TF-IDF or frozen-embedding + logistic regression, or fastText; same split "
+                                        "and metrics", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="folder written by `prepare`")
     p.add_argument("--out", required=True, help="report folder: metrics.json, report.md, plots (cv.json, cv.md)")
-    p.add_argument("--model", choices=("tfidf", "embeddings"),
+    p.add_argument("--model", choices=("tfidf", "embeddings", "fasttext"),
                    help="tfidf: TF-IDF words + bigrams; embeddings: the base model's mean-pooled sentence embeddings "
-                        "(cached in <data>/embeddings/)")
+                        "(cached in <data>/embeddings/); fasttext: fastText's supervised word + bigram model "
+                        "(one-vs-all or softmax; multi-threaded, so not reproducible bit for bit)")
     p.add_argument("--base-model",
                    help="--model embeddings: hub id or local folder (default: the offline all-MiniLM-L6-v2)")
     p.add_argument("--max-features", type=int, help="--model tfidf: vocabulary size")

@@ -1,4 +1,5 @@
-"""`papertasks baseline` (TF-IDF, frozen embeddings), the embeddings cache and k-fold CV, on tiny slices."""
+"""`papertasks baseline` (TF-IDF, frozen embeddings, fastText), the embeddings cache and k-fold CV, on tiny
+slices."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,8 @@ import pytest
 from conftest import PWC, assert_clean_error, require, run_cli
 
 EMBEDDING_ROWS = {"train": 40, "valid": 30, "test": 30}
+FASTTEXT_NAME = {"ova": "fastText one-vs-all (word 2-grams, dim 100, 25 epochs, lr 0.5)",
+                 "softmax": "fastText softmax (word 2-grams, dim 100, 25 epochs, lr 1.0)"}
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +63,13 @@ def test_tfidf_baseline_max_train_is_a_seeded_sample(tiny_data, tmp_path):
     assert first["test"] == second["test"]
 
 
-def test_single_label_baseline_cli(pwc_data, tmp_path):
-    result = run_cli("baseline", "--data", pwc_data, "--out", tmp_path)
+@pytest.mark.parametrize("model, name", [("tfidf", "TF-IDF + multinomial logistic regression"),
+                                         ("fasttext", FASTTEXT_NAME["softmax"])])
+def test_single_label_baseline_cli(model, name, pwc_data, tmp_path):
+    result = run_cli("baseline", "--data", pwc_data, "--out", tmp_path, "--model", model)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(tmp_path)
-    assert metrics["model"] == "TF-IDF + multinomial logistic regression" and metrics["problem"] == "multi-class"
+    assert metrics["model"] == name and metrics["problem"] == "multi-class"
     test = metrics["test"]
     n_test = len((pwc_data / "test.jsonl").read_text().splitlines())
     assert np.array(test["confusion_matrix"]).sum() == n_test == metrics["test_rows"]
@@ -73,6 +78,63 @@ def test_single_label_baseline_cli(pwc_data, tmp_path):
     assert 0.0 <= test["f1_macro"] <= 1.0 and 0.0 <= test["top3_accuracy"] <= 1.0 and test["roc_auc"] > 0.5
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
     assert "| model | accuracy | macro-F1 |" in (tmp_path / "report.md").read_text()
+
+
+def test_fasttext_baseline_cli(tiny_data, tmp_path):
+    result = run_cli("baseline", "--data", tiny_data, "--out", tmp_path, "--model", "fasttext", "--min-positives", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(tmp_path)
+    assert metrics["model"] == FASTTEXT_NAME["ova"] and metrics["problem"] == "multi-label"
+    for name in ("report.md", "test_scores.npz", "per_label_f1.png", "precision_recall.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert f"| {metrics['model']} |" in (tmp_path / "report.md").read_text()
+    scores = np.load(tmp_path / "test_scores.npz")
+    labels = list(json.loads((tiny_data / "labels.json").read_text()))
+    assert scores["labels"].tolist() == labels and scores["probs"].shape == (metrics["test_rows"], len(labels))
+    assert scores["probs"].min() >= 0.0 and scores["probs"].max() <= 1.0
+    # chance: the most frequent label ranked first for every paper (0.54 on this slice)
+    chance = scores["y"].mean(axis=0).max()
+    assert metrics["test"]["precision_at_1"] > max(0.3, chance + 0.15), (metrics["test"]["precision_at_1"], chance)
+    assert metrics["test"]["roc_auc_macro"] > 0.6  # 0.66 here (TF-IDF 0.82): 627 training rows are few for fastText
+
+
+def test_fasttext_probabilities_are_in_label_order():
+    """Labels with spaces and commas, columns in labels.json order, a label no training row has scores 0;
+    the same through the softmax model for single-label data."""
+    import pandas as pd
+
+    from papertasks.baseline import fasttext_model, fasttext_text
+
+    labels = ["Object Detection", "Speech, Audio", "Never Seen", "graph neural networks"]
+    words = {0: "bounding boxes detector", 1: "waveform speaker audio", 3: "graph nodes message passing"}
+    rng = np.random.default_rng(0)
+    rows = [(f"{words[c]} {rng.choice(['we', 'propose', 'a', 'new', 'method'])}.", [labels[c]])
+            for c in (0, 1, 3) * 20]
+    train = pd.DataFrame(rows, columns=["text", "labels"])
+    heldout = pd.DataFrame([("A Detector of BOUNDING boxes!", [labels[0]]), ("speaker waveform, audio", [labels[1]]),
+                            ("Message passing on graph nodes", [labels[3]])], columns=["text", "labels"])
+    assert fasttext_text("A Detector of BOUNDING boxes!\nNew") == "a detector of bounding boxes ! new"
+    for single_label in (False, True):
+        probs = fasttext_model(labels, single_label, seed=0)(train, heldout)
+        assert probs.shape == (3, 4) and probs.min() >= 0.0 and probs.max() <= 1.0
+        assert probs.argmax(axis=1).tolist() == [0, 1, 3]
+        assert (probs[:, 2] == 0).all()
+        if single_label:
+            assert probs.sum(axis=1) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_fasttext_missing_binding_is_a_clean_error(monkeypatch):
+    import sys
+
+    import pandas as pd
+
+    from papertasks.baseline import fasttext_model
+    from papertasks.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "fasttext", None)  # import fasttext raises ImportError
+    frame = pd.DataFrame([("a b", ["x"]), ("c d", ["y"])], columns=["text", "labels"])
+    with pytest.raises(UserError, match="pip install fasttext-community"):
+        fasttext_model(["x", "y"], False, seed=0)(frame, frame)
 
 
 def test_embeddings_baseline_cli_reuses_its_cache(small_data, tmp_path):
@@ -138,16 +200,19 @@ def test_embeddings_are_the_sentence_transformers_ones(small_data):
     assert np.abs(embed_texts(texts, offline_base_model(), batch_size=5) - expected).max() < 1e-5
 
 
-@pytest.mark.parametrize("folder, model", [("tiny_data", "tfidf"), ("pwc_data", "tfidf"), ("small_data", "embeddings")])
-def test_folds_report_mean_and_std_per_metric(folder, model, request, tmp_path):
+@pytest.mark.parametrize("folder, model, folds", [("tiny_data", "tfidf", 3), ("pwc_data", "tfidf", 3),
+                                                  ("small_data", "embeddings", 3), ("tiny_data", "fasttext", 2),
+                                                  ("pwc_data", "fasttext", 2)])
+def test_folds_report_mean_and_std_per_metric(folder, model, folds, request, tmp_path):
     data = request.getfixturevalue(folder)
-    result = run_cli("baseline", "--data", data, "--out", tmp_path, "--folds", "3", "--model", model)
+    result = run_cli("baseline", "--data", data, "--out", tmp_path, "--folds", str(folds), "--model", model)
     assert result.returncode == 0, result.stderr[-3000:]
     cv = json.loads((tmp_path / "cv.json").read_text())
     expected = ({"accuracy", "f1_macro", "f1_weighted", "top3_accuracy", "roc_auc"} if folder == "pwc_data"
                 else {"f1_micro", "f1_macro", "precision_at_1", "roc_auc_macro"})
     assert expected <= set(cv["mean"]) and set(cv["mean"]) == set(cv["std"])
-    assert cv["folds"] == 3 and len(cv["per_fold"]) == 3
+    assert cv["folds"] == folds and len(cv["per_fold"]) == folds
+    assert cv["model"].startswith("fastText ") == (model == "fasttext")
     assert sum(f["heldout_rows"] for f in cv["per_fold"]) == cv["rows"]
     for metric in expected:
         values = [f["metrics"][metric] for f in cv["per_fold"]]
