@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 try:  # imported as part of the papertasks package, or as a sibling module in the Space
+    from .bag import BagOfNgrams, text_ids
     from .truncation import encode_windows
 except ImportError:
+    from bag import BagOfNgrams, text_ids
     from truncation import encode_windows
 
 _WHITESPACE = re.compile(r"\s+")
@@ -112,6 +114,15 @@ class Predictor:
         per_label = self.thresholds_info.get("per_label", {})
         self.thresholds = np.array([per_label.get(lab, self.global_threshold) for lab in self.labels], dtype=np.float32)
 
+        self.bag, self.encoder_weight = None, 1.0
+        hybrid = self.config.get("hybrid")
+        if hybrid:  # encoder + bag of n-grams (deployment/bag.py)
+            bag_path = self.model_dir / hybrid["file"]
+            if not bag_path.is_file():
+                raise BundleError(f"{self.model_dir}: config.json names a hybrid, but {hybrid['file']} is missing")
+            self.bag = BagOfNgrams.load(bag_path, self.tokenizer.get_vocab_size())
+            self.encoder_weight = float(hybrid["encoder_weight"])
+
         # Checksums last, so a structural problem (labels vs outputs) keeps its own, more specific message.
         try:  # imported as part of the papertasks package, or as a sibling module in the Space
             from .manifest import ManifestError, verify_bundle
@@ -152,8 +163,15 @@ class Predictor:
         probs = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
-            probs[idx] = self.probabilities(self._logits([texts[i] for i in idx]))
+            batch = [texts[i] for i in idx]
+            probs[idx] = self.probabilities(self._logits(batch))
+            if self.bag is not None:
+                probs[idx] = self.encoder_weight * probs[idx] + (1 - self.encoder_weight) * self.bag_probabilities(batch)
         return probs
+
+    def bag_probabilities(self, texts: list[str]) -> np.ndarray:
+        """The bag-of-n-grams half of a hybrid bundle alone, on whole (normalized) texts."""
+        return self.bag.probabilities(text_ids(self.tokenizer, texts))
 
     def decide(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Boolean label matrix: tuned per-label thresholds, or one global `threshold` if given.

@@ -13,7 +13,13 @@ def _export(args):
 
     export_bundle(args.model, args.out, data_dir=args.data, parity_texts=args.parity_texts,
                   max_prob_diff=args.max_prob_diff, min_same_set=args.min_same_set,
-                  work_dir=args.work_dir, reduce_range=args.reduce_range, weights=args.weights)
+                  work_dir=args.work_dir, reduce_range=args.reduce_range, weights=args.weights, hybrid=args.hybrid)
+
+
+def _hybrid(args):
+    from export.hybrid import make_hybrid
+
+    make_hybrid(args.bundle, args.data, args.out)
 
 
 def register(subparsers) -> None:
@@ -35,5 +41,16 @@ def register(subparsers) -> None:
     p.add_argument("--weights", choices=sorted(WEIGHT_TYPES),
                    help="signed int8 weights (fastest kernels; they saturate on x86 CPUs without VNNI) or unsigned "
                         "ones (no saturation on any CPU)")
+    p.add_argument("--hybrid", action="store_true",
+                   help="add a bag of word-piece n-grams beside the encoder, mixed with it as validation chooses "
+                        "(needs --data)")
     use_defaults(p, export_bundle, data="data_dir")
     p.set_defaults(func=_export)
+
+    p = subparsers.add_parser("hybrid", help="add the bag of n-grams to a bundle already exported (as export --hybrid)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                              epilog="then run `papertasks evaluate` on the result to tune its thresholds")
+    p.add_argument("--bundle", required=True, help="an encoder-only bundle folder")
+    p.add_argument("--data", required=True, help="the prepared data it was trained on (train: fit; valid: mix)")
+    p.add_argument("--out", help="write the hybrid here (default: replace --bundle)")
+    p.set_defaults(func=_hybrid)

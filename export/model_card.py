@@ -53,8 +53,14 @@ def render_model_card(bundle: Path, name: str | None = None) -> str:
         + (", the output layer kept in fp32" if quantized.get("output_layer") == "fp32" else "")
         + f"). Inputs are 'Title. Abstract'; a long one keeps {window} "
         f"{config.get('max_length')}-token window.",
-        "", "## Data", "",
     ]
+    hybrid = config.get("hybrid")
+    if hybrid:
+        w = hybrid["encoder_weight"]
+        lines += ["", f"A hybrid: the served score of a label is {w:g} x the encoder's + {1 - w:g} x that of a bag of "
+                  f"word-piece unigrams and bigrams over the whole abstract ({hybrid['features']:,} TF-IDF features, a "
+                  f"logistic regression per label, `{hybrid['file']}`), the weight chosen on validation."]
+    lines += ["", "## Data", ""]
     if data:
         cfg = data.get("config", {})
         lines += [
@@ -101,10 +107,15 @@ def render_model_card(bundle: Path, name: str | None = None) -> str:
         tuned = len(thresholds.get("per_label", {}))
         lines += ["", "## Thresholds", "",
                   f"Global {thresholds.get('global')}; {tuned} labels have their own threshold tuned on validation "
-                  f"(labels with fewer than {thresholds.get('min_positives', '?')} validation positives use the global one)."]
+                  f"(labels with fewer than {thresholds.get('min_positives', '?')} validation positives use the global one)"
+                  + (f", shrunk toward the global one by n / (n + {thresholds['shrink']:g}) for a label with n validation "
+                     "positives (the shrinkage chosen on halves of the validation split)"
+                     if thresholds.get("shrink") else "") + "."]
     source = "REFIT_DIR" if config.get("training", {}).get("head_refit") else "MODEL_DIR"
     export = f"papertasks export --model {source} --data DATA_DIR --out deployment/models/{name}"
     export += "".join(f" {flag}" for _, flag in quantization)
+    if hybrid:
+        export += " --hybrid"
     tolerance = report.get("parity", {}).get("tolerance", {})
     if tolerance.get("int8_max_prob_diff", DEFAULT_MAX_PROB_DIFF) != DEFAULT_MAX_PROB_DIFF:
         export += f" --max-prob-diff {tolerance['int8_max_prob_diff']}"

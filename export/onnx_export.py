@@ -140,10 +140,12 @@ def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int, t
 
 def export_bundle(model: str, out: str, data_dir: str | None = None, parity_texts: int = 64,
                   max_prob_diff: float = DEFAULT_MAX_PROB_DIFF, min_same_set: float = DEFAULT_MIN_SAME_SET, work_dir: str | None = None,
-                  reduce_range: bool = False, weights: str = "s8") -> dict:
+                  reduce_range: bool = False, weights: str = "s8", hybrid: bool = False) -> dict:
     from papertasks.modeling import load_trained, torch_probs, trained_window, training_record
 
     model_dir, out = Path(model), Path(out)
+    if hybrid and not data_dir:
+        raise UserError("--hybrid needs --data: the bag of n-grams is fitted on its training split")
     hf_model, tokenizer, labels = load_trained(model_dir)
     training = training_record(model_dir)
     max_length, truncation = trained_window(training)
@@ -185,6 +187,10 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
                  parity["onnx_fp32_vs_torch"]["max_prob_diff"], parity["onnx_int8_vs_torch"]["max_prob_diff"],
                  100 * parity["onnx_int8_vs_torch"]["same_label_set"])
         check_parity(parity, quantization)
+        if hybrid:
+            from export.hybrid import add_bag
+
+            report["hybrid"] = add_bag(staging, data_dir)
         write_json(staging / "export_report.json", report)
         seal_bundle(staging, name=out.name)
     print(json.dumps({"bundle": str(out), **sizes}, indent=2))

@@ -9,18 +9,23 @@ from papertasks.errors import UserError
 from papertasks.paths import DEFAULT_BUNDLE, DEFAULT_MODELS_DIR
 
 
+THRESHOLD_HELP = ("one threshold for every label, as the API's `threshold` (default: the bundle's tuned "
+                  "thresholds, its thresholds.json)")
+
+
 def _predict(args):
     from serving.batch import predict_file
 
     predict_file(args.input, args.output, model_dir=args.model, batch_size=args.batch_size,
-                 text_field=args.text_field, top_k=args.top_k, workers=args.workers)
+                 text_field=args.text_field, top_k=args.top_k, workers=args.workers, threshold=args.threshold)
 
 
 def _predict_dask(args):
     from serving.distributed import predict_with_dask
 
     predict_with_dask(args.inputs, args.output, args.model, scheduler=args.scheduler, blocksize=args.blocksize,
-                      top_k=args.top_k, batch_size=args.batch_size, local_workers=args.local_workers)
+                      top_k=args.top_k, batch_size=args.batch_size, local_workers=args.local_workers,
+                      threshold=args.threshold)
 
 
 def _app(args):
@@ -60,6 +65,7 @@ def register(sub) -> None:
     p.add_argument("--text-field")
     p.add_argument("--top-k", type=int, help="keep only the K best scores per line")
     p.add_argument("--workers", type=int, help="processes scoring chunks in parallel (order kept)")
+    p.add_argument("--threshold", type=float, help=THRESHOLD_HELP)
     use_defaults(p, predict_file)
     p.set_defaults(func=_predict)
 
@@ -73,6 +79,7 @@ def register(sub) -> None:
     p.add_argument("--blocksize", help="input bytes per partition")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--top-k", type=int)
+    p.add_argument("--threshold", type=float, help=THRESHOLD_HELP)
     use_defaults(p, predict_with_dask)
     p.set_defaults(func=_predict_dask)
 

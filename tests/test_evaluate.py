@@ -8,7 +8,7 @@ import pytest
 
 from papertasks.evaluate import (TOP_CLASS_THRESHOLDS, compute_metrics, evaluate_bundle, evaluate_probs,
                                  evaluation_problem, headline_header, headline_row, precision_at_k,
-                                 single_label_metrics, tune_thresholds, write_report)
+                                 SHRINK_GRID, single_label_metrics, tune_thresholds, write_report)
 from papertasks.cli import main
 from papertasks.errors import UserError
 
@@ -39,11 +39,30 @@ def test_thresholds_tuned_per_label_with_global_fallback():
     probs[:200, 0] += 0.75  # label a separable at ~0.3 .. 0.95
     probs[200:, 0] += 0.05
     probs[:100, 1] = 0.35  # label b positives sit at 0.35, negatives below 0.2
-    t = tune_thresholds(y, probs, LABELS, min_positives=10)
+    t = tune_thresholds(y, probs, LABELS, min_positives=10, shrink=0)
     assert set(t["per_label"]) == {"a", "b"}
     assert 0.2 <= t["per_label"]["b"] <= 0.35
     m = compute_metrics(y, probs, np.array([t["per_label"]["a"], t["per_label"]["b"], t["global"]]), LABELS)
     assert m["per_label"]["a"]["f1"] == 1.0 and m["per_label"]["b"]["f1"] == 1.0
+
+
+def test_per_label_thresholds_are_shrunk_as_validation_halves_choose():
+    """Labels whose best threshold really differs keep it (little shrinkage); where the per-label
+    optimum is noise, the thresholds move to the global one."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    y = (rng.random((n, 3)) < 0.2).astype(int)
+    shifted = rng.uniform(0, 0.5, size=y.shape) + y * 0.3  # overlapping: positives 0.3..0.8, negatives 0..0.5
+    shifted[:, 2] += 0.3  # label c's scores sit higher: its own threshold must be higher than a's
+    t = tune_thresholds(y, shifted, LABELS, min_positives=10)
+    assert t["shrink"] <= 30 and t["per_label"]["c"] - t["per_label"]["a"] > 0.1
+    assert set(t["shrink_chosen_on_valid_halves"]) == {str(k) for k in SHRINK_GRID}
+
+    few = (rng.random((n, 6)) < 0.03).astype(int)  # ~60 positives a label, scored alike: one threshold fits all
+    noise = rng.uniform(0, 0.8, size=few.shape) + few * 0.2
+    t = tune_thresholds(few, noise, list("abcdef"), min_positives=10)
+    held_out = t["shrink_chosen_on_valid_halves"]
+    assert t["shrink"] >= 300 and held_out["3000"] > held_out["0"]
 
 
 def test_evaluate_bundle_writes_thresholds_metrics_and_card(tiny_bundle, tiny_data, tmp_path):
