@@ -52,7 +52,6 @@ def add_bag(folder: Path, data_dir: str) -> dict:
     write_json(folder / "config.json", {**config, "hybrid": {"file": BAG_FILE, "encoder_weight": weight,
                                                              "features": len(bag.keys)}})
     write_json(folder / "thresholds.json", {"global": threshold, "per_label": {}, "chosen_by": "papertasks hybrid"})
-    (folder / "manifest.json").unlink(missing_ok=True)  # rewritten by seal_bundle once the folder is final
 
     check = texts[:CHECK_TEXTS]
     expected = (weight * encoder.predict_proba(check)
@@ -78,6 +77,7 @@ def make_hybrid(bundle: str, data_dir: str, out: str | None = None) -> dict:
     with atomic_dir(target) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True)
         (staging / "metrics.json").unlink(missing_ok=True)  # the encoder's: `evaluate` measures the hybrid
+        (staging / "manifest.json").unlink(missing_ok=True)  # rewritten by seal_bundle once the folder is final
         record = add_bag(staging, data_dir)
         report_path = staging / "export_report.json"
         if report_path.is_file():

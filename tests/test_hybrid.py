@@ -54,7 +54,7 @@ def test_hybrid_serves_the_mix_chosen_on_validation(hybrid_bundle, tiny_bundle):
     np.testing.assert_allclose(hybrid.predict_proba(texts), weight * encoder.predict_proba(texts) + (1 - weight) * bag,
                                atol=1e-6)
     # the bag reads the whole abstract: a text longer than the encoder's window still moves its score
-    long_text = texts[0] + " " + "speech recognition acoustic model " * 60
+    long_text = texts[0] + " " + "speech recognition acoustic model " * 120
     assert len(text_ids(hybrid.tokenizer, [long_text])[0]) > 4 * hybrid.max_length
     assert not np.allclose(hybrid.bag.probabilities(text_ids(hybrid.tokenizer, [long_text])), bag[:1])
     assert "A hybrid:" in (hybrid_bundle / "MODEL_CARD.md").read_text()
