@@ -239,7 +239,10 @@ def bundle_name(predictor) -> str:
     graph = onnx.load(str(predictor.model_dir / "model.onnx"), load_external_data=False).graph
     quantized = any(node.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul") for node in graph.node)
     base = Path(predictor.config.get("base_model") or "model").name
-    return f"fine-tuned {base}, {'int8' if quantized else 'fp32'} ONNX"
+    name = f"fine-tuned {base}, {'int8' if quantized else 'fp32'} ONNX"
+    if predictor.bag is not None:
+        name += f" + bag of n-grams (encoder weight {predictor.encoder_weight:g})"
+    return name
 
 
 def evaluation_problem(single_label_model: bool, data_problem: str, model, data) -> str:
