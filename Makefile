@@ -29,7 +29,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile  # a file's tests share a worker (and its fixtures)
 
 clean:
 	rm -rf $(VENV) $(APP_VENV)
