@@ -299,10 +299,10 @@ def predict_rows(predictor, rows: list[dict], threshold: float | None = None, to
         for row in chunk:
             if row.get("error"):
                 results.append({"id": row["id"], "labels": [], "scores": {}, "error": row["error"]})
-            elif warnings:
-                results.append({"id": row["id"], **next(predictions), "warnings": language_warnings(row["text"])})
-            else:
-                results.append({"id": row["id"], **next(predictions)})
+                continue
+            results.append({"id": row["id"], **next(predictions)})
+            if warnings:
+                results[-1]["warnings"] = language_warnings(row["text"])
         if progress:
             progress(min(start + chunk_rows, total), total)
     return results

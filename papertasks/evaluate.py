@@ -39,10 +39,13 @@ def _f1_at_thresholds(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
     tp = np.stack([((probs >= t) & y).sum(axis=0) for t in THRESHOLD_GRID]).astype(np.float64)
     predicted = np.stack([(probs >= t).sum(axis=0) for t in THRESHOLD_GRID])
     denominator = predicted + y.sum(axis=0)  # 2tp + fp + fn
-    per_label = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    total = denominator.sum(axis=1)
-    micro = np.divide(2 * tp.sum(axis=1), total, out=np.zeros(len(total)), where=total > 0)
-    return per_label, micro
+    return _f1(tp, denominator), _f1(tp.sum(axis=1), denominator.sum(axis=1))
+
+
+def _f1(tp, denominator) -> np.ndarray:
+    """F1 from counts: 2tp / (2tp + fp + fn), 0 where there is nothing to count."""
+    tp, denominator = np.asarray(tp, dtype=np.float64), np.asarray(denominator)
+    return np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
 
 
 def best_global_threshold(y: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
@@ -80,8 +83,8 @@ def choose_shrink(y: np.ndarray, probs: np.ndarray, min_positives: int, seed: in
             predicted, truth = probs[score] >= cut, y[score].astype(bool)
             tp, denominator = (predicted & truth).sum(axis=0), predicted.sum(axis=0) + truth.sum(axis=0)
             present = truth.sum(axis=0) > 0
-            macro = float(np.mean(2 * tp[present] / denominator[present])) if present.any() else 0.0
-            micro = 2 * tp.sum() / denominator.sum() if denominator.sum() else 0.0
+            macro = float(np.mean(_f1(tp, denominator)[present])) if present.any() else 0.0
+            micro = float(_f1(tp.sum(), denominator.sum()))
             scores[shrink] += (micro + macro) / 4  # mean of the two metrics over the two halves
     best = max(SHRINK_GRID, key=lambda k: (round(scores[k], 6), k))
     return best, {str(k): round(float(v), 4) for k, v in scores.items()}

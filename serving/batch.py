@@ -86,8 +86,8 @@ def _score_chunk(job: tuple) -> list[str]:
     """Output lines for one chunk of input rows, in input order."""
     first_index, rows, text_field, top_k, threshold, batch_size = job
     rows = [read_row(row, first_index + i, text_field) for i, row in enumerate(rows)]
-    results = predict_rows(_predictor, rows, threshold=threshold, top_k=top_k, chunk_rows=max(len(rows), 1), batch_size=batch_size,
-                           warnings=False)
+    results = predict_rows(_predictor, rows, threshold=threshold, top_k=top_k, chunk_rows=max(len(rows), 1),
+                           batch_size=batch_size, warnings=False)
     return [json.dumps(record, ensure_ascii=False) + "\n" for record in results]
 
 
