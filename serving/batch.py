@@ -92,7 +92,7 @@ def _score_chunk(job: tuple) -> list[str]:
 
 
 def check_threshold(threshold: float | None) -> None:
-    if threshold is not None and not 0 < threshold < 1:
+    if threshold is not None and not 0 <= threshold <= 1:  # the API's bounds
         raise UserError(f"--threshold {threshold}: give a probability between 0 and 1")
 
 
