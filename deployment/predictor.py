@@ -164,10 +164,15 @@ class Predictor:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             batch = [texts[i] for i in idx]
-            probs[idx] = self.probabilities(self._logits(batch))
-            if self.bag is not None:
-                probs[idx] = self.encoder_weight * probs[idx] + (1 - self.encoder_weight) * self.bag_probabilities(batch)
+            probs[idx] = self.served_probabilities(self.probabilities(self._logits(batch)), batch)
         return probs
+
+    def served_probabilities(self, encoder_probs: np.ndarray, texts: list[str]) -> np.ndarray:
+        """What is served from the encoder's probabilities of (normalized) `texts`: averaged with the
+        bag's for a hybrid bundle, as they are for a plain one."""
+        if self.bag is None:
+            return encoder_probs
+        return self.encoder_weight * encoder_probs + (1 - self.encoder_weight) * self.bag_probabilities(texts)
 
     def bag_probabilities(self, texts: list[str]) -> np.ndarray:
         """The bag-of-n-grams half of a hybrid bundle alone, on whole (normalized) texts."""
