@@ -61,6 +61,7 @@ class PrepareConfig:
     problem: str = "auto"  # or one of PROBLEMS
     labels_json: str | None = None  # the CLI passes json_files/<name>/labels.json
     seed: int = 42
+    extra: list[str] | None = None  # corrections (e.g. `papertasks feedback export`): their labels win
 
 
 # ---------------------------------------------------------------- reading
@@ -312,13 +313,35 @@ def plot_label_frequency(counts_before: Counter, kept: list[str], min_count: int
         fig.savefig(tmp, format="png", dpi=100)
 
 
+def merge_extra(df: pd.DataFrame, extra: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Corrected rows over the inputs: a paper already there (same id, else same text) takes the
+    extra row's labels and keeps its place and date; a new one is added (dated '', so a time split
+    trains on it); of several extra rows for one paper, the last wins."""
+    extra = extra.drop_duplicates("id", keep="last").drop_duplicates("text", keep="last")
+    by_id, by_text = dict(zip(extra["id"], extra["labels"])), dict(zip(extra["text"], extra["labels"]))
+    found_id, found_text = df["id"].isin(by_id), df["text"].isin(by_text)
+    df = df.assign(labels=[by_id[i] if i in by_id else by_text.get(t, labs)
+                           for i, t, labs in zip(df["id"], df["text"], df["labels"])])
+    new = extra[~extra["id"].isin(set(df["id"])) & ~extra["text"].isin(set(df["text"]))]
+    if "date" in df.columns:
+        new = new.assign(date="")
+    stats = {"extra_rows": len(extra), "extra_relabeled": int((found_id | found_text).sum()), "extra_added": len(new)}
+    return pd.concat([df, new[df.columns]], ignore_index=True), stats
+
+
 def prepare(cfg: PrepareConfig) -> dict:
     out = Path(cfg.out)
     frames = [to_examples(read_table(p), cfg, str(p)) for p in cfg.inputs]
     df = pd.concat(frames, ignore_index=True)
     if cfg.max_rows and len(df) > cfg.max_rows:
         df = df.sample(cfg.max_rows, random_state=cfg.seed).reset_index(drop=True)
+    extra_stats = {}
+    if cfg.extra:  # read as `feedback export` writes them: id, text, labels
+        plain = PrepareConfig(inputs=[], out=cfg.out)
+        extra = pd.concat([to_examples(read_table(p), plain, str(p)) for p in cfg.extra], ignore_index=True)
+        df, extra_stats = merge_extra(df, extra)
     df, stats = clean(df, cfg.fold_aliases)
+    stats.update(extra_stats)
     no_label = df["labels"].map(len) == 0
     stats["unlabeled_dropped"] = int(no_label.sum())
     df = df[~no_label].reset_index(drop=True)

@@ -1,6 +1,8 @@
 """REST API: `papertasks serve` (FastAPI + uvicorn) over the same Predictor as the app and the CLI.
 
-Sync:  POST /predict, POST /predict/batch, GET /models, GET /labels, GET /health, OpenAPI docs at /docs.
+Sync:  POST /predict (`explain: true`: which sentences raised each label), POST /predict/batch,
+       POST /feedback (a correction, stored in SQLite: deployment.feedback), GET /models, GET /labels,
+       GET /health, OpenAPI docs at /docs.
 Async: POST /jobs (CSV/JSONL upload) -> 202 + Location; GET /jobs/{id} -> 202 while queued or
        running, 200 with the results (JSON, or CSV with ?format=csv) when done, the failure's status
        (422 bad file, 500 worker lost or failed) when it failed, 404 when unknown or expired.
@@ -29,6 +31,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployment.explain import explain
+from deployment.feedback import FeedbackStore, StoreError, corrected_labels, record
 from deployment.inputs import (MAX_FILE_BYTES, MAX_TEXT_CHARS, InputError, check_file_header, language_warnings,
                                predict_rows, read_row, results_to_csv, text_from)
 from deployment.manifest import bundle_fingerprint
@@ -57,6 +61,7 @@ class Settings:
     max_upload_bytes: int = MAX_FILE_BYTES
     max_body_bytes: int = MAX_BODY_BYTES
     poll_after: int = 1  # Retry-After for 202 answers
+    feedback_db: str | None = None  # POST /feedback's SQLite file (default: deployment.feedback.default_path())
 
 
 # ---------------------------------------------------------------- request and response bodies
@@ -92,6 +97,32 @@ class PredictRequest(_Strict):
     top_k: int | None = Field(None, ge=1, description="return only the K best scores (default: all labels of a "
                                                       f"multi-label model, the {TOP_CLASSES} best classes of a "
                                                       "single-label one)")
+    explain: bool = Field(False, description="add `explanation`: how much each sentence raised or lowered each "
+                                             "predicted label's probability (the text scored again without it)")
+    explain_labels: list[str] | None = Field(None, description="with `explain`: labels to explain besides the "
+                                                               "predicted ones")
+    explain_words: bool = Field(False, description="with `explain`: also each word of the two most telling "
+                                                   "sentences (slower: about 3 s on 2 cores)")
+
+
+class FeedbackRequest(_Strict):
+    text: Any = Field(None, description="the paper's title and abstract (or send title + abstract), as for /predict")
+    title: Any = Field(None)
+    abstract: Any = Field(None)
+    id: Union[str, int, None] = Field(None, description="the paper's id (e.g. its arXiv id), kept for training")
+    model: str | None = Field(None, description=MODEL_FIELD)
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="the threshold the prediction used "
+                                                                      "(default: the tuned ones)")
+    wrong: Any = Field(None, description="predicted labels that are wrong", examples=[["cs.AI"]])
+    missing: Any = Field(None, description="labels the model should have predicted", examples=[["cs.CL"]])
+
+
+class FeedbackStored(BaseModel):
+    id: int = Field(..., description="the record's id in the feedback database")
+    model: str
+    model_version: str = Field(..., description="the bundle's fingerprint (sha256 of its manifest's file table)")
+    predicted: list[str]
+    corrected: list[str]
 
 
 class BatchRequest(_Strict):
@@ -104,12 +135,36 @@ class BatchRequest(_Strict):
     top_k: int | None = Field(None, ge=1)
 
 
+class Span(BaseModel):
+    start: int = Field(..., description="offset in the explanation's `text`")
+    end: int
+    text: str
+    sentence: int | None = Field(None, description="a word's sentence")
+
+
+class LabelExplanation(BaseModel):
+    label: str
+    probability: float
+    predicted: bool
+    sentences: list[float] = Field(..., description="per sentence: the label's probability with the whole text "
+                                                    "minus without that sentence (positive: it raised it)")
+    words: list[float] | None = Field(None, description="the same per word of `words` (with explain_words)")
+
+
+class Explanation(BaseModel):
+    text: str = Field(..., description="the text as scored (whitespace normalized); offsets index it")
+    sentences: list[Span]
+    words: list[Span] | None = None
+    labels: list[LabelExplanation]
+
+
 class Prediction(BaseModel):
     model: str = Field(..., description="the model that answered")
     labels: list[str] = Field(..., description="labels whose score is at or above the threshold, best first "
                                                "(a single-label model: its best class)")
     scores: dict[str, float] = Field(..., description="label -> probability, best first")
     warnings: list[str] = Field(default_factory=list, description="e.g. the text does not look like English")
+    explanation: Explanation | None = Field(None, description="with `explain: true`")
 
 
 class BatchPrediction(BaseModel):
@@ -310,15 +365,37 @@ def create_app(model_dir: str, **settings) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def root() -> dict:
         return {"name": "papertasks", "docs": "/docs", "health": "/health", "models": "/models", "labels": "/labels",
-                "predict": "POST /predict", "batch": "POST /predict/batch", "jobs": "POST /jobs"}
+                "predict": "POST /predict", "batch": "POST /predict/batch", "jobs": "POST /jobs",
+                "feedback": "POST /feedback"}
 
-    @app.post("/predict", response_model=Prediction, responses=error_responses, tags=["predict"],
-              summary="Labels and scores for one paper")
+    @app.post("/predict", response_model=Prediction, response_model_exclude_none=True, responses=error_responses,
+              tags=["predict"], summary="Labels and scores for one paper, and why with `explain: true`")
     def predict(body: PredictRequest) -> dict:
         text = text_from(body.text, body.title, body.abstract)
         name, predictor = _model(body.model)
         result = predictor.predict([text], threshold=body.threshold, top_k=_top_k(predictor, body.top_k))[0]
-        return {"model": name, **result, "warnings": language_warnings(text)}
+        answer = {"model": name, **result, "warnings": language_warnings(text)}
+        if body.explain:
+            answer["explanation"] = explain(predictor, text, labels=body.explain_labels, threshold=body.threshold,
+                                            words=body.explain_words)
+        return answer
+
+    feedback_store = FeedbackStore(cfg.feedback_db)
+
+    @app.post("/feedback", status_code=201, response_model=FeedbackStored, tags=["feedback"],
+              responses={422: {"model": Problem}, 503: {"model": Problem}},
+              summary="Correct a prediction: labels that are wrong, labels that are missing")
+    def feedback(body: FeedbackRequest) -> dict:
+        text = text_from(body.text, body.title, body.abstract)
+        name, predictor = _model(body.model)
+        prediction = predictor.predict([text], threshold=body.threshold)[0]
+        corrected = corrected_labels(predictor.labels, prediction["labels"], body.wrong, body.missing)
+        entry = record(predictor, name, text, prediction, corrected, paper_id=body.id)
+        try:
+            row = feedback_store.add(entry)
+        except StoreError as e:
+            raise HTTPException(503, str(e)) from None
+        return {"id": row, **{k: entry[k] for k in ("model", "model_version", "predicted", "corrected")}}
 
     @app.post("/predict/batch", response_model=BatchResponse, response_model_exclude_none=True,
               responses=error_responses, tags=["predict"],

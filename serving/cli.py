@@ -28,6 +28,21 @@ def _predict_dask(args):
                       threshold=args.threshold)
 
 
+def _feedback_export(args):
+    import json
+
+    from deployment.feedback import FeedbackStore, StoreError, training_rows
+    from papertasks.io import write_text
+
+    try:
+        rows = training_rows(FeedbackStore(args.db).records())
+    except StoreError as e:
+        raise UserError(str(e)) from None
+    write_text(args.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(f"wrote {len(rows)} corrections to {args.out}; merge them into training with "
+          f"`papertasks prepare ... --extra {args.out}`")
+
+
 def _app(args):
     from deployment.app import launch
 
@@ -82,6 +97,14 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, help=THRESHOLD_HELP)
     use_defaults(p, predict_with_dask)
     p.set_defaults(func=_predict_dask)
+
+    p = sub.add_parser("feedback", help="user corrections stored by the app and POST /feedback")
+    feedback = p.add_subparsers(dest="feedback_command", metavar="ACTION", required=True)
+    p = feedback.add_parser("export", help="write them as JSONL (id, text, labels) for `papertasks prepare --extra`")
+    p.add_argument("--out", required=True, help="the JSONL file to write")
+    p.add_argument("--db", help="the SQLite file (default: $PAPERTASKS_FEEDBACK_DB, else /data/feedback.sqlite3 "
+                                "when /data is writable, else ~/.papertasks/feedback.sqlite3)")
+    p.set_defaults(func=_feedback_export)
 
     p = sub.add_parser("app", help="the Gradio app (same as `python deployment/app.py`)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
