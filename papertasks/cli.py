@@ -22,7 +22,7 @@ from papertasks.errors import UserError
 from papertasks.evaluate import evaluate_bundle
 from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, labels_json_for
 from papertasks.refit import RefitConfig
-from papertasks.train import TrainConfig
+from papertasks.train import PRECISIONS, TrainConfig, find_lr
 from scrapers.cli import register as register_scrape
 from serving.cli import register as register_serving
 
@@ -60,6 +60,40 @@ def _train(args):
         cross_validate_training(cfg, args.folds)
     else:
         train(cfg)
+
+
+def _lr_find(args):
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+    suggestions = find_lr(cfg, start_lr=args.start_lr, end_lr=args.end_lr, num_it=args.num_it)
+    for name, lr in suggestions.items():
+        print(f"{name:8s} {lr:.1e}")
+    print(f"train with: --lr {suggestions['valley']:.1e}  (valley; the curve: {cfg.out}/lr_find.png)")
+
+
+def _learner_options(p) -> None:
+    """What `train` and `lr-find` share: the data, the base model, the window, the loss, the device."""
+    p.add_argument("--data", required=True, help="folder written by `prepare`")
+    p.add_argument("--base-model",
+                   help=f"hub id or local folder (default: the offline MiniLM; with a hub: {DEFAULT_BASE_MODEL})")
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--truncation", choices=STRATEGIES,
+                   help="long texts: keep the first and last half of the window (head_tail) or the start (head)")
+    p.add_argument("--problem", choices=PROBLEMS, help="override what `prepare` found in the data")
+    p.add_argument("--loss", choices=("bce", "focal"),
+                   help="bce: (binary) cross-entropy; focal: focal loss (--focal-gamma)")
+    p.add_argument("--focal-gamma", type=float)
+    p.add_argument("--pos-weight-clip", type=float,
+                   help="weight positives by negatives/positives per label, clipped to this (0: off)")
+    p.add_argument("--oversample-to", type=int,
+                   help="repeat the rows of labels with fewer training examples than this (at most 10x; 0: off)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-train", type=int, help="use at most this many training rows (seeded sample)")
+    p.add_argument("--max-valid", type=int, help="use at most this many validation rows")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="mixed precision (default: fp16 on a GPU, fp32 on a CPU; bf16 on GPUs that have it, or CPUs)")
+    p.add_argument("--seed", type=int)
 
 
 def _refit_head(args):
@@ -124,43 +158,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-json",
                    help="where else to write label -> index (default: json_files/<name of --out>/labels.json)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--extra", nargs="+", metavar="FILE",
-                   help="corrected rows (id, text, labels; e.g. from `papertasks feedback export`): their labels "
-                        "replace the inputs' for the same paper (id, else text), new papers are added")
     use_defaults(p, PrepareConfig)
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("train", help="fine-tune a Hugging Face encoder with fastai (multi-label)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="folder written by `prepare`")
+    _learner_options(p)
     p.add_argument("--out", required=True, help="folder for the Hugging Face model + labels + config")
-    p.add_argument("--base-model",
-                   help=f"hub id or local folder (default: the offline MiniLM; with a hub: {DEFAULT_BASE_MODEL})")
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--truncation", choices=STRATEGIES,
-                   help="long texts: keep the first and last half of the window (head_tail) or the start (head)")
-    p.add_argument("--problem", choices=PROBLEMS, help="override what `prepare` found in the data")
-    p.add_argument("--loss", choices=("bce", "focal"),
-                   help="bce: (binary) cross-entropy; focal: focal loss (--focal-gamma)")
-    p.add_argument("--focal-gamma", type=float)
-    p.add_argument("--pos-weight-clip", type=float,
-                   help="weight positives by negatives/positives per label, clipped to this (0: off)")
-    p.add_argument("--oversample-to", type=int,
-                   help="repeat the rows of labels with fewer training examples than this (at most 10x; 0: off)")
-    p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate of the head; lower groups get lr/10, lr/100")
     p.add_argument("--frozen-epochs", type=int, help="epochs training only the head")
     p.add_argument("--epochs", type=int, help="epochs with the whole model unfrozen")
-    p.add_argument("--max-train", type=int, help="use at most this many training rows (seeded sample)")
-    p.add_argument("--max-valid", type=int, help="use at most this many validation rows")
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--patience", type=int,
+                   help="end a phase after this many epochs without a lower validation loss (the best epoch is "
+                        "kept either way; 0: off)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--folds", type=int, default=0,
                    help="K >= 2: K-fold cross-validation on train + valid (one model per fold; mean and std per "
                         "metric in --out/cv.md) instead of training one model; 0: off")
-    p.add_argument("--seed", type=int)
     use_defaults(p, TrainConfig)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("lr-find", help="fastai's learning-rate finder on the learner `train` builds: suggestions "
+                                       "for --lr and the loss curve (lr_find.png)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _learner_options(p)
+    p.add_argument("--out", required=True, help="run folder for lr_find.png (the one you then pass to train)")
+    p.add_argument("--start-lr", type=float)
+    p.add_argument("--end-lr", type=float)
+    p.add_argument("--num-it", type=int, help="batches of the mock run (it stops early when the loss diverges)")
+    use_defaults(p, TrainConfig, find_lr)
+    p.set_defaults(func=_lr_find)
 
     p = sub.add_parser("refit-head", help="retrain only the last layer of a trained model on all its training rows "
                                           "(cached features, imbalance options); a new model folder",

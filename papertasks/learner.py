@@ -14,14 +14,16 @@ four pieces of it the original project used:
 4. `classifier_learner`: a Learner with the loss and metrics of the problem: BCE-with-logits (or
    focal loss, optionally with clipped positive-class weights) and multi-label metrics, or
    cross-entropy with accuracy and macro-F1 for single-label (multi-class and binary) data.
+
+It also adds fastai's mixed precision on the device the batches are on (`use_precision`).
 """
 from __future__ import annotations
 
-import fastai.callback.fp16  # noqa: F401  (adds Learner.to_fp16)
 import fastai.callback.progress  # noqa: F401  (fastai's progress bar)
 import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 import numpy as np
 import torch
+from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
@@ -140,3 +142,20 @@ def classifier_learner(hf_model, dls: DataLoaders, path, loss_func, single_label
         metrics[1].name, metrics[2].name = "f1_micro", "f1_macro"
     return Learner(dls, HFSequenceClassifier(hf_model), loss_func=loss_func,
                    metrics=metrics, splitter=hf_splitter, wd=weight_decay, path=path, model_dir="checkpoints")
+
+
+class DeviceMixedPrecision(MixedPrecision):
+    """fastai's MixedPrecision, autocasting on the device the batches are on: fastai's own autocasts
+    on CUDA only, which would leave a CPU bf16 run (and its test) in fp32 without a word."""
+
+    def before_fit(self):
+        device = (self.dls.device or torch.device("cpu")).type
+        dtype = torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16
+        self.kwargs["enabled"] = dtype == torch.float16  # bf16 has fp32's range: no loss scaling
+        self.autocast = torch.autocast(device, dtype=dtype)
+        self.learn.scaler, self.scales = torch.amp.GradScaler(device, **self.kwargs), []
+
+
+def use_precision(learn: Learner, precision: str) -> Learner:
+    """Mixed precision (fp16 or bf16 autocast; the weights stay fp32, so checkpoints load anywhere)."""
+    return learn if precision == "fp32" else learn.add_cb(DeviceMixedPrecision(amp_mode=precision))

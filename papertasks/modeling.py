@@ -67,13 +67,23 @@ class HFSequenceClassifier(torch.nn.Module):
         return self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
+NO_NETWORK_HINT = "no network to reach the Hugging Face hub, and not in its local cache: pass a local folder " \
+                  "(save_pretrained) or run where the hub is reachable"
+
+
 def _from_pretrained(name: str, load):
     """`load(name)` for a hub id or a local folder; a missing folder, an unknown id or no network
     becomes one line. The tokenizer must be a fast one: its tokenizer.json is what the bundle serves."""
+    if (Path(name).is_absolute() or name.startswith(".")) and not Path(name).exists():
+        raise UserError(f"cannot load base model '{name}': no such folder")
     try:
         tokenizer, model = load(name)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "couldn't connect" in first:
+            first = NO_NETWORK_HINT
+        elif "Unrecognized configuration class" in first:
+            first = "not an encoder with a sequence-classification head; pass a BERT- or RoBERTa-style encoder"
         raise UserError(f"cannot load base model '{name}': {first}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"'{name}' has no fast tokenizer (tokenizer.json); the served model needs one")
@@ -85,15 +95,36 @@ def hf_problem_type(problem: str) -> str:
 
 
 def load_base(base_model: str, labels: list[str], problem: str = "multi-label"):
-    """Tokenizer + a sequence classifier with a fresh head for the problem."""
+    """Tokenizer + a sequence classifier with a fresh head for the problem, refusing what training
+    and serving cannot use: a model that is not an encoder, a tokenizer with no pad token."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    return _from_pretrained(base_model, lambda name: (
+    tokenizer, model = _from_pretrained(base_model, lambda name: (
         AutoTokenizer.from_pretrained(name),
         AutoModelForSequenceClassification.from_pretrained(
             name, num_labels=len(labels), problem_type=hf_problem_type(problem),
             id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)},
             ignore_mismatched_sizes=True)))
+    if not hasattr(model.base_model, "embeddings"):  # what hf_splitter and the served windows assume
+        raise UserError(f"cannot load base model '{base_model}': a {model.config.model_type} model, not an encoder; "
+                        "pass a BERT- or RoBERTa-style encoder")
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"'{base_model}': its tokenizer has no pad token, so batches cannot be padded; set "
+                        "tokenizer.pad_token and save_pretrained it to a folder")
+    return tokenizer, model
+
+
+def longest_window(tokenizer, model) -> int:
+    """The most tokens the model takes: its position embeddings, less RoBERTa's padding offset (its
+    positions start after the pad id), and the tokenizer's own limit where it declares one (models
+    with relative positions, such as DeBERTa, have only that)."""
+    embeddings = model.base_model.embeddings
+    positions = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(positions, torch.nn.Embedding):
+        return tokenizer.model_max_length
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    offset = padding_idx + 1 if padding_idx is not None else 0
+    return min(positions.num_embeddings - offset, tokenizer.model_max_length)
 
 
 @functools.lru_cache(maxsize=1)

@@ -12,14 +12,19 @@ and BCE for multi-label, a softmax and cross-entropy for single-label. Imbalance
 off by default and each measured in the README: `--pos-weight-clip` (positive-class weights,
 negatives/positives clipped), `--loss focal`, and `--oversample-to` (repeat the rows of rare
 labels up to that many examples per label).
+
+It runs on CUDA when torch sees a GPU (else the CPU, or `--device`), in fp16 mixed precision there
+and fp32 on a CPU (or `--precision`); `--patience N` ends a phase after N epochs without a lower
+validation loss. `lr-find` (`find_lr`) runs fastai's learning-rate finder on the same learner.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +58,44 @@ class TrainConfig:
     weight_decay: float = 0.01
     resume: bool = False
     seed: int = 42
+    device: str | None = None  # None: CUDA if torch sees a GPU, else the CPU
+    precision: str | None = None  # fp16, bf16 or fp32; None: fp16 on CUDA, fp32 on a CPU
+    patience: int = 0  # end a phase after this many epochs without a lower validation loss; 0: off
+
+
+PRECISIONS = ("fp16", "bf16", "fp32")
+
+
+def training_device(requested: str | None = None):
+    """CUDA when torch sees a GPU, else the CPU; `requested` ("cpu", "cuda", "cuda:1") overrides."""
+    import torch
+
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"--device {requested}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {requested}: training runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: torch {torch.__version__} sees no CUDA GPU here; install the "
+                        "CUDA build of torch (docs/training.md) or use --device cpu")
+    return device
+
+
+def training_precision(requested: str | None, device) -> str:
+    """fp16 on a GPU, fp32 on a CPU, unless `requested`; refuses what the device cannot do."""
+    import torch
+
+    precision = requested or ("fp16" if device.type == "cuda" else "fp32")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16 needs a CUDA GPU; on a CPU use --precision bf16 or fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision bf16: this GPU has no bfloat16; use --precision fp16")
+    return precision
 
 
 def oversample_rows(y: np.ndarray, target: int, seed: int) -> np.ndarray:
@@ -66,15 +109,18 @@ def oversample_rows(y: np.ndarray, target: int, seed: int) -> np.ndarray:
 
 
 def _checkpointer_class():
-    from fastai.callback.core import Callback, CancelEpochException
+    from fastai.callback.core import Callback, CancelEpochException, CancelFitException
 
     class Checkpointer(Callback):
         """Saves last (with optimizer) after each epoch and best (lowest valid loss) weights;
-        on resume, skips the epochs already done."""
+        on resume, skips the epochs already done. With `patience`, ends the phase after that many
+        epochs without a new best. It keeps that count in the state file, so early stopping
+        survives --resume, which fastai's EarlyStoppingCallback (its count in memory) would not."""
         order = 70
 
-        def __init__(self, state_path: Path, phase: str, start_epoch: int, state: dict):
+        def __init__(self, state_path: Path, phase: str, start_epoch: int, state: dict, patience: int = 0):
             self.state_path, self.phase, self.start_epoch, self.state = state_path, phase, start_epoch, state
+            self.patience = patience
 
         def before_epoch(self):  # fastai sets pct_train from the epoch, so the schedule resumes in place
             if self.epoch < self.start_epoch:
@@ -87,25 +133,46 @@ def _checkpointer_class():
             metrics = dict(zip(self.recorder.metric_names[1:-1], map(float, self.recorder.values[-1])))
             valid_loss = metrics["valid_loss"]
             self.state["history"].append({"phase": self.phase, "epoch": self.epoch, **metrics})
+            stale = self.state.setdefault("epochs_without_best", {})
             if valid_loss < self.state["best_valid_loss"]:
                 self.state["best_valid_loss"] = valid_loss
                 self.state["best"] = {"phase": self.phase, "epoch": self.epoch}
                 self.learn.save("best", with_opt=False)
+                stale[self.phase] = 0
+            else:
+                stale[self.phase] = stale.get(self.phase, 0) + 1
             self.learn.save("last", with_opt=True)
             self.state["done"][self.phase] = self.epoch + 1
+            stop = self.patience and stale[self.phase] >= self.patience and self.epoch + 1 < self.n_epoch
+            if stop:  # nothing of this phase is left for --resume either
+                self.state["done"][self.phase] = self.n_epoch
+                self.state.setdefault("stopped_early", {})[self.phase] = self.epoch
             write_json(self.state_path, self.state)
+            if stop:
+                log.info("%s phase stopped after epoch %d: %d epochs without a lower validation loss",
+                         self.phase, self.epoch, self.patience)
+                raise CancelFitException
 
     return Checkpointer
 
 
-def train(cfg: TrainConfig) -> Path:
+def run_config(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the device and precision it runs on, checked before anything is loaded or written."""
+    device = training_device(cfg.device)
+    return replace(cfg, device=str(device), precision=training_precision(cfg.precision, device))
+
+
+def build_learner(cfg: TrainConfig, path: Path):
+    """What `train` and `lr-find` share: the split (sampled, oversampled), the base model checked, the
+    texts tokenized into the predictor's windows, and a Learner on cfg's device and precision whose
+    checkpoints go to `path`/checkpoints. Returns (learner, tokenizer, labels, problem); writes nothing."""
     import torch
     from fastai.torch_core import set_seed
 
-    from papertasks.learner import classifier_learner, make_loss, positive_weights, tokenized_dataloaders
-    from papertasks.modeling import load_base
+    from papertasks.learner import (classifier_learner, make_loss, positive_weights, tokenized_dataloaders,
+                                    use_precision)
+    from papertasks.modeling import load_base, longest_window
 
-    out = Path(cfg.out)
     labels = read_labels(cfg.data)
     train_df, valid_df = read_split(cfg.data, "train"), read_split(cfg.data, "valid")
     if cfg.problem and cfg.problem not in PROBLEMS:
@@ -119,25 +186,16 @@ def train(cfg: TrainConfig) -> Path:
     if len(train_df) < cfg.batch_size:
         raise UserError(f"only {len(train_df)} training rows: fewer than one batch of {cfg.batch_size}")
 
-    base = cfg.base_model or offline_base_model()
-    state_path = out / "checkpoints" / "state.json"
-    if cfg.resume:
-        if not state_path.is_file():
-            raise UserError(f"--resume: no checkpoint in {out}/checkpoints; start without --resume")
-        state = read_json(state_path)
-        if state["labels"] != labels or state["base_model"] != base:
-            raise UserError(f"--resume: {out} was trained on other labels or another base model")
-    else:
-        state = {"labels": labels, "base_model": base, "config": asdict(cfg), "done": {},
-                 "best_valid_loss": float("inf"), "best": None, "history": []}
-
     from sklearn.exceptions import UndefinedMetricWarning
 
     warnings.filterwarnings("ignore", category=UndefinedMetricWarning)  # rare labels absent from a batch
     set_seed(cfg.seed, reproducible=True)
+    base = cfg.base_model or offline_base_model()
     tokenizer, hf_model = load_base(base, labels, problem)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
+    if cfg.max_length > longest_window(tokenizer, hf_model):
+        raise UserError(f"--max-length {cfg.max_length}: '{base}' takes at most "
+                        f"{longest_window(tokenizer, hf_model)} tokens")
+    device = torch.device(cfg.device)
     t0 = time.time()
     train_texts, y_train = train_df["text"].tolist(), label_matrix(train_df["labels"], labels)
     weights = positive_weights(y_train, cfg.pos_weight_clip) if cfg.pos_weight_clip else None
@@ -148,14 +206,46 @@ def train(cfg: TrainConfig) -> Path:
         tokenizer, (train_texts, y_train), (valid_df["text"].tolist(), label_matrix(valid_df["labels"], labels)),
         max_length=cfg.max_length, batch_size=cfg.batch_size, truncation=cfg.truncation,
         single_label=single_label, device=device)
-    log.info("%s: tokenized %d train (%d distinct) / %d valid texts in %.1fs; %d labels; base %s; device %s",
-             problem, len(train_texts), len(train_df), len(valid_df), time.time() - t0, len(labels), base, device)
+    log.info("%s: tokenized %d train (%d distinct) / %d valid texts in %.1fs; %d labels; base %s; %s, %s",
+             problem, len(train_texts), len(train_df), len(valid_df), time.time() - t0, len(labels), base, device,
+             cfg.precision)
     loss_func = make_loss(single_label, cfg.loss, cfg.focal_gamma, weights)
-    learn = classifier_learner(hf_model, dls, path=out, loss_func=loss_func, single_label=single_label,
+    learn = classifier_learner(hf_model, dls, path=path, loss_func=loss_func, single_label=single_label,
                                weight_decay=cfg.weight_decay)
-    if cuda:
-        learn.to_fp16()
+    return use_precision(learn, cfg.precision), tokenizer, labels, problem
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Fine-tune and write the model folder. A fresh run that fails before its first epoch is saved
+    leaves no folder behind; a later failure keeps the checkpoints for --resume."""
+    cfg = run_config(cfg)
+    out = Path(cfg.out)
+    base = cfg.base_model or offline_base_model()
+    state_path = out / "checkpoints" / "state.json"
     if cfg.resume:
+        if not state_path.is_file():
+            raise UserError(f"--resume: no checkpoint in {out}/checkpoints; start without --resume")
+        state = read_json(state_path)
+        if state["labels"] != read_labels(cfg.data) or state["base_model"] != base:
+            raise UserError(f"--resume: {out} was trained on other labels or another base model")
+    fresh = not out.exists()
+    try:
+        return _fit(cfg, out, state_path, state if cfg.resume else None)
+    except BaseException:
+        if fresh and not state_path.is_file():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _fit(cfg: TrainConfig, out: Path, state_path: Path, state: dict | None) -> Path:
+    import torch
+
+    learn, tokenizer, labels, problem = build_learner(cfg, out)
+    device = torch.device(cfg.device)
+    if state is None:
+        state = {"labels": labels, "base_model": cfg.base_model or offline_base_model(), "config": asdict(cfg),
+                 "done": {}, "best_valid_loss": float("inf"), "best": None, "history": []}
+    else:
         learn.load("last", with_opt=True, device=device)
         log.info("resuming after %s", state["done"])
 
@@ -167,13 +257,48 @@ def train(cfg: TrainConfig) -> Path:
         if n_epochs == 0 or done >= n_epochs:
             continue
         learn.freeze() if phase == "frozen" else learn.unfreeze()
-        learn.fit_one_cycle(n_epochs, lr, cbs=[Checkpointer(state_path, phase, done, state)])
+        try:
+            learn.fit_one_cycle(n_epochs, lr, cbs=[Checkpointer(state_path, phase, done, state, cfg.patience)])
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"the GPU ran out of memory at --batch-size {cfg.batch_size} --max-length "
+                            f"{cfg.max_length}: lower one of them") from None
     state["train_seconds"] = state.get("train_seconds", 0) + round(time.time() - t0, 1)
 
     learn.load("best", device=device, with_opt=False)
     save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out, problem)
     log.info("best epoch %s (valid loss %.4f); model saved to %s", state["best"], state["best_valid_loss"], out)
     return out
+
+
+LR_SUGGESTIONS = ("valley", "slide", "minimum", "steep")  # fastai's; valley is its default
+
+
+def find_lr(cfg: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> dict:
+    """fastai's learning-rate finder (a mock run raising the rate every batch) on the learner `train`
+    builds, unfrozen as in train's second phase, whose head rate is --lr. Returns {method: lr} for
+    fastai's suggestions and saves the loss curve as <out>/lr_find.png; nothing else is written."""
+    import tempfile
+
+    import matplotlib.pyplot as plt
+    from fastai.callback.schedule import SuggestionMethod
+
+    cfg = run_config(cfg)
+    with tempfile.TemporaryDirectory(prefix="papertasks-lr-find-") as tmp:  # fastai's own snapshot goes here
+        learn, *_ = build_learner(cfg, Path(tmp))
+        learn.unfreeze()
+        methods = [getattr(SuggestionMethod, name.capitalize()) for name in LR_SUGGESTIONS]
+        try:
+            found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, suggest_funcs=methods)
+        except (IndexError, RuntimeError, ValueError):  # fastai's suggestions need a few batches past the first tenth
+            raise UserError(f"lr-find stopped after {len(learn.recorder.losses)} batches, too few to suggest a "
+                            "rate; raise --num-it or lower --end-lr") from None
+    suggestions = {name: float(lr) for name, lr in zip(LR_SUGGESTIONS, found)}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plt.gcf().savefig(out / "lr_find.png", dpi=100, bbox_inches="tight")
+    log.info("lr-find over %d batches: %s; loss curve in %s", len(learn.recorder.losses),
+             ", ".join(f"{name} {lr:.1e}" for name, lr in suggestions.items()), out / "lr_find.png")
+    return suggestions
 
 
 def cross_validate_training(cfg: TrainConfig, folds: int) -> dict:
@@ -218,6 +343,7 @@ def save_trained(hf_model, tokenizer, labels, cfg: TrainConfig, state: dict, out
     write_json(out / "training_config.json", {
         **asdict(cfg), "problem": problem, "base_model": state["base_model"], "labels": len(labels),
         "best": state["best"], "best_valid_loss": state["best_valid_loss"], "history": state["history"],
+        "stopped_early": state.get("stopped_early"),
         "train_seconds": state.get("train_seconds"), "data_report": _data_report(cfg.data),
         "torch_threads": os.cpu_count()})
 
