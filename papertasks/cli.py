@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-json",
                    help="where else to write label -> index (default: json_files/<name of --out>/labels.json)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--extra", nargs="+", metavar="FILE",
+                   help="corrected rows (id, text, labels; e.g. from `papertasks feedback export`): their labels "
+                        "replace the inputs' for the same paper (id, else text), new papers are added")
     use_defaults(p, PrepareConfig)
     p.set_defaults(func=_prepare)
 
