@@ -2,7 +2,9 @@
 
 Runs on onnxruntime + tokenizers + numpy (no torch, no transformers), from this folder alone, so
 the folder can be pushed to a Hugging Face Space as it is: `python app.py`. It serves the bundles
-listed in models/models.json (see registry.py); "Classify by" picks one.
+listed in models/models.json (see registry.py); "Classify by" picks one. "Why these labels?" shows
+which sentences raised each label (explain.py); "Correct the labels" stores a user's correction
+(feedback.py: SQLite at $PAPERTASKS_FEEDBACK_DB, else /data when the Space has it).
 """
 from __future__ import annotations
 
@@ -17,11 +19,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 try:  # imported as part of the papertasks package (`papertasks app`)
+    from .explain import explain, highlights
+    from .feedback import FeedbackStore, StoreError, corrected_labels, record
     from .inputs import (MAX_FILE_BYTES, InputError, language_warnings, predict_rows, read_batch_file,
                           results_to_csv, text_from)
     from .predictor import BundleError, Predictor
     from .registry import TOP_CLASSES, ModelEntry, Registry, UnknownModelError
 except ImportError:  # run as a Space: `python app.py`
+    from explain import explain, highlights
+    from feedback import FeedbackStore, StoreError, corrected_labels, record
     from inputs import (MAX_FILE_BYTES, InputError, language_warnings, predict_rows, read_batch_file,
                          results_to_csv, text_from)
     from predictor import BundleError, Predictor
@@ -56,9 +62,23 @@ def scores_title(predictor: Predictor) -> str:
     return "Top classes" if predictor.single_label else "Top labels"
 
 
-def build_demo(registry: Registry) -> gr.Blocks:
-    """The app over every model in `registry`; the picker's value is the model's name, also over the API."""
+def explanation_summary(explanation: dict) -> str:
+    """One line per explained label: its probability and the sentence that raised it most."""
+    lines = []
+    for entry in explanation["labels"]:
+        best = max(range(len(entry["sentences"])), key=entry["sentences"].__getitem__)
+        sentence = explanation["sentences"][best]["text"]
+        shown = sentence if len(sentence) <= 90 else sentence[:87] + "..."
+        lines.append(f"- **{entry['label']}** ({entry['probability']:.2f}{'' if entry['predicted'] else ', not predicted'}):"
+                     f" most from sentence {best + 1} ({entry['sentences'][best]:+.3f}): _{shown}_")
+    return "\n".join(lines)
+
+
+def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blocks:
+    """The app over every model in `registry`; the picker's value is the model's name, also over the API.
+    Corrections go to `store` (default: FeedbackStore(), the database deployment/feedback.py picks)."""
     default_entry, default = registry.entry(), registry.predictor()
+    store = store or FeedbackStore()
 
     def predictor_for(model: str | None) -> Predictor:
         try:
@@ -72,13 +92,20 @@ def build_demo(registry: Registry) -> gr.Blocks:
         multi = not predictor.single_label
         return (model_intro(registry.entry(model), predictor), gr.Checkbox(visible=multi),
                 gr.Slider(visible=multi, value=slider_threshold(predictor)), gr.Slider(visible=not multi),
-                gr.Label(value=None, label=scores_title(predictor)), "")
+                gr.Label(value=None, label=scores_title(predictor)), "", gr.Dropdown(choices=[], value=[]),
+                gr.Dropdown(choices=[], value=[]), gr.Dropdown(choices=[], value=None), None, "")
 
-    def classify(text: str, threshold: float, per_label: bool, model: str, top_k: int):
+    def checked(text: str) -> str:
         try:  # the rule every front end applies to a text (deployment.inputs)
-            text = text_from(text or "")
+            return text_from(text or "")
         except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
+
+    def chosen_threshold(predictor: Predictor, threshold: float, per_label: bool) -> float | None:
+        return None if predictor.single_label or per_label else threshold
+
+    def classify(text: str, threshold: float, per_label: bool, model: str, top_k: int):
+        text = checked(text)
         predictor = predictor_for(model)
         if predictor.single_label:  # the best class, and the runners-up with their probabilities
             result = predictor.predict([text], top_k=int(top_k or TOP_CLASSES))[0]
@@ -88,6 +115,42 @@ def build_demo(registry: Registry) -> gr.Blocks:
             chosen = ", ".join(f"**{lab}**" for lab in result["labels"]) or "_none above the threshold_"
         warnings = "".join(f"\n\n> Warning: {w}" for w in language_warnings(text))
         return result["scores"], f"Predicted: {chosen}{warnings}"
+
+    def correction_choices(text: str, threshold: float, per_label: bool, model: str):
+        """After a prediction: its labels can be marked wrong, the others added as missing."""
+        predictor = predictor_for(model)
+        try:
+            text = text_from(text or "")
+        except InputError:  # classify has said why
+            return gr.Dropdown(choices=[], value=[]), gr.Dropdown(choices=[], value=[]), gr.Dropdown(choices=[])
+        labels = predictor.predict([text], threshold=chosen_threshold(predictor, threshold, per_label))[0]["labels"]
+        others = [lab for lab in predictor.labels if lab not in labels]
+        return (gr.Dropdown(choices=labels, value=[]), gr.Dropdown(choices=others, value=[]),
+                gr.Dropdown(choices=labels + others, value=labels[0] if labels else None))
+
+    def why(text: str, threshold: float, per_label: bool, model: str, label: str | None):
+        """Highlighted sentences for `label` (default: the best predicted one) and a line per predicted label."""
+        text, predictor = checked(text), predictor_for(model)
+        asked = [label] if label else []
+        try:
+            explanation = explain(predictor, text, labels=asked,
+                                  threshold=chosen_threshold(predictor, threshold, per_label))
+        except InputError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        shown = asked[0] if asked else explanation["labels"][0]["label"]
+        return highlights(explanation, shown), explanation_summary(explanation)
+
+    def send_correction(text: str, threshold: float, per_label: bool, model: str, wrong: list[str] | None,
+                        missing: list[str] | None):
+        """Store what the user says is wrong or missing, with the prediction it corrects."""
+        text, predictor = checked(text), predictor_for(model)
+        prediction = predictor.predict([text], threshold=chosen_threshold(predictor, threshold, per_label))[0]
+        try:
+            corrected = corrected_labels(predictor.labels, prediction["labels"], wrong or [], missing or [])
+            row = store.add(record(predictor, registry.entry(model or None).name, text, prediction, corrected))
+        except (InputError, StoreError) as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        return f"Thank you: correction #{row} stored (labels: {', '.join(corrected) or 'none'})."
 
     def classify_file(path: str | None, model: str, progress=gr.Progress()):
         """A CSV / JSONL of papers -> a table, a downloadable CSV of predictions and a summary."""
@@ -141,6 +204,23 @@ def build_demo(registry: Registry) -> gr.Blocks:
                 with gr.Column(scale=2):
                     chosen = gr.Markdown(label="Predicted labels")
                     scores = gr.Label(label=scores_title(default), num_top_classes=TOP_LABELS)
+            with gr.Accordion("Why these labels? (each sentence left out in turn)", open=True):
+                with gr.Row():
+                    explain_label = gr.Dropdown(choices=[], allow_custom_value=True, elem_id="explain-label",
+                                                label="Label to explain (default: the best predicted one)")
+                    explain_button = gr.Button("Explain", elem_id="explain-button")
+                highlighted = gr.HighlightedText(label="Green: the sentence raised the label's probability; red: "
+                                                       "lowered it", combine_adjacent=False, elem_id="explanation")
+                explained = gr.Markdown(elem_id="explanation-summary")
+            with gr.Accordion("Correct the labels", open=False):
+                with gr.Row():
+                    # custom values allowed: API callers name labels without a prediction first; send_correction checks them
+                    wrong = gr.Dropdown(choices=[], multiselect=True, allow_custom_value=True,
+                                        label="Predicted labels that are wrong", elem_id="wrong-labels")
+                    missing = gr.Dropdown(choices=[], multiselect=True, allow_custom_value=True,
+                                          label="Labels that are missing", elem_id="missing-labels")
+                send = gr.Button("Send correction", elem_id="send-correction")
+                sent = gr.Markdown(elem_id="correction-status")
             examples = load_examples()
             if examples:
                 gr.Examples(examples=[[ex] for ex in examples], inputs=[text])
@@ -159,11 +239,17 @@ def build_demo(registry: Registry) -> gr.Blocks:
                 with gr.Column(scale=3):
                     file_table = gr.Dataframe(headers=MULTI_LABEL_COLUMNS if multi else SINGLE_LABEL_COLUMNS,
                                               label="Predictions", interactive=False, wrap=True, elem_id="file-table")
-        model.change(pick, inputs=[model], outputs=[intro, per_label, threshold, top_k, scores, chosen],
+        model.change(pick, inputs=[model], outputs=[intro, per_label, threshold, top_k, scores, chosen, wrong, missing,
+                                                    explain_label, highlighted, explained],
                      api_visibility="private")
         inputs = [text, threshold, per_label, model, top_k]
-        button.click(classify, inputs=inputs, outputs=[scores, chosen], api_name="classify")
-        text.submit(classify, inputs=inputs, outputs=[scores, chosen], api_visibility="private")
+        paper = [text, threshold, per_label, model]
+        for event in (button.click(classify, inputs=inputs, outputs=[scores, chosen], api_name="classify"),
+                      text.submit(classify, inputs=inputs, outputs=[scores, chosen], api_visibility="private")):
+            event.success(correction_choices, inputs=paper, outputs=[wrong, missing, explain_label],
+                          api_visibility="private")
+        explain_button.click(why, inputs=paper + [explain_label], outputs=[highlighted, explained], api_name="explain")
+        send.click(send_correction, inputs=paper + [wrong, missing], outputs=[sent], api_name="feedback")
         file_button.click(classify_file, inputs=[upload, model], outputs=[file_table, download, file_summary],
                           api_name="classify_file")
     return demo

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from deployment.explain import explain as explain_text
 from deployment.inputs import InputError, check_text_columns, json_object_line, predict_rows, read_row
 from deployment.predictor import BundleError, Predictor
 from papertasks.errors import UserError
@@ -84,10 +85,14 @@ def _init_worker(model_dir: str, threads: int | None) -> None:
 
 def _score_chunk(job: tuple) -> list[str]:
     """Output lines for one chunk of input rows, in input order."""
-    first_index, rows, text_field, top_k, threshold, batch_size = job
+    first_index, rows, text_field, top_k, threshold, batch_size, explain = job
     rows = [read_row(row, first_index + i, text_field) for i, row in enumerate(rows)]
     results = predict_rows(_predictor, rows, threshold=threshold, top_k=top_k, chunk_rows=max(len(rows), 1),
                            batch_size=batch_size, warnings=False)
+    if explain:
+        for row, result in zip(rows, results):
+            if "error" not in result:
+                result["explanation"] = explain_text(_predictor, row["text"], threshold=threshold)
     return [json.dumps(record, ensure_ascii=False) + "\n" for record in results]
 
 
@@ -96,10 +101,11 @@ def check_threshold(threshold: float | None) -> None:
         raise UserError(f"--threshold {threshold}: give a probability between 0 and 1")
 
 
-def _run_fingerprint(src: Path, model_dir: str, text_field, top_k, threshold) -> dict:
+def _run_fingerprint(src: Path, model_dir: str, text_field, top_k, threshold, explain) -> dict:
     stat = src.stat()
     return {"input": str(src.resolve()), "size": stat.st_size, "mtime": stat.st_mtime,
-            "model": str(Path(model_dir).resolve()), "text_field": text_field, "top_k": top_k, "threshold": threshold}
+            "model": str(Path(model_dir).resolve()), "text_field": text_field, "top_k": top_k, "threshold": threshold,
+            "explain": explain}
 
 
 def _resume_point(partial: Path, state: Path, fingerprint: dict) -> int:
@@ -116,9 +122,11 @@ def _resume_point(partial: Path, state: Path, fingerprint: dict) -> int:
 
 
 def predict_file(input: str, output: str, model_dir: str, batch_size: int = 32, text_field: str | None = None,
-                 top_k: int | None = None, workers: int = 1, threshold: float | None = None) -> int:
+                 top_k: int | None = None, workers: int = 1, threshold: float | None = None,
+                 explain: bool = False) -> int:
     """Stream `input` through the predictor into `output` (JSONL); `threshold`: one for every label
-    instead of the bundle's tuned ones (as the API's `threshold` and the app's slider).
+    instead of the bundle's tuned ones (as the API's `threshold` and the app's slider); `explain`:
+    each line gets the `explanation` the API's `explain: true` answers (deployment/explain.py).
 
     Lines go to `OUTPUT.partial` as each chunk is scored; the finished file is renamed to `output`,
     so `output` never holds a partial result. Run the same command again after an interruption and
@@ -142,14 +150,14 @@ def predict_file(input: str, output: str, model_dir: str, batch_size: int = 32, 
         raise UserError(str(e)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     partial, state = out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.json")
-    fingerprint = _run_fingerprint(src, model_dir, text_field, top_k, threshold)
+    fingerprint = _run_fingerprint(src, model_dir, text_field, top_k, threshold, explain)
     done = _resume_point(partial, state, fingerprint)
     if done:
         log.info("resuming after %d predictions already in %s", done, partial)
     state.write_text(json.dumps(fingerprint))
 
     rows = itertools.islice(iter_rows(src, text_field), done, None)
-    jobs = ((done + n * CHUNK_ROWS, chunk, text_field, top_k, threshold, batch_size)
+    jobs = ((done + n * CHUNK_ROWS, chunk, text_field, top_k, threshold, batch_size, explain)
             for n, chunk in enumerate(_chunks(rows, CHUNK_ROWS)))
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (model_dir, threads)) if workers > 1 else None

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import sqlite3
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
@@ -65,7 +68,7 @@ def test_space_folder_is_self_contained():
     packages = {line.split("==")[0].strip() for line in lines if line.strip() and not line.startswith("#")}
     assert {"gradio", "onnxruntime", "tokenizers", "numpy"} <= packages
     assert not packages & {"torch", "transformers", "fastai"}
-    imports = [line for f in ("app.py", "inputs.py", "predictor.py", "registry.py")
+    imports = [line for f in ("app.py", "inputs.py", "predictor.py", "registry.py", "explain.py", "feedback.py")
                for line in (REPO / "deployment" / f).read_text().splitlines() if line.startswith(("import ", "from "))]
     assert not [line for line in imports if "papertasks" in line or "serving" in line or "torch" in line]
 
@@ -158,3 +161,44 @@ def test_app_refuses_a_registry_with_nothing_to_serve(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "papertasks app: error:" in result.stderr and "none of the bundles it lists (arxiv, pwc)" in result.stderr
+
+
+def test_app_explains_a_label_and_stores_a_correction(tmp_path):
+    """Over gradio_client, on the shipped arXiv bundle: /explain answers the highlighted sentences the
+    explainer computes, /feedback stores one record, and a bad correction stores nothing."""
+    from gradio_client import Client
+
+    from deployment.explain import explain, highlights
+    from deployment.feedback import DB_ENV, FeedbackStore
+    from deployment.predictor import Predictor
+
+    bundle = REPO / "deployment" / "models" / "arxiv"
+    arxiv, db, port = Predictor(bundle), tmp_path / "feedback.sqlite3", free_port()
+    predicted = arxiv.predict([EXAMPLE])[0]["labels"]
+    command = [sys.executable, str(REPO / "deployment" / "app.py"), "--model", str(bundle),
+               "--host", "127.0.0.1", "--port", str(port)]
+    with mock.patch.dict(os.environ, {DB_ENV: str(db)}), running_app(command, port) as url:
+        client = Client(url, verbose=False)
+        pieces, summary = client.predict(EXAMPLE, 0.5, True, "arxiv", None, api_name="/explain")
+        expected = explain(arxiv, EXAMPLE)
+        assert "".join(p["token"] for p in pieces) == expected["text"]
+        shown = [p["class_or_confidence"] for p in pieces if p["class_or_confidence"] is not None]
+        assert shown == pytest.approx([s for _, s in highlights(expected, predicted[0]) if s is not None], abs=0.05)
+        assert summary.startswith(f"- **{predicted[0]}** (")
+        pieces, summary = client.predict(EXAMPLE, 0.5, True, "arxiv", "cs.MM", api_name="/explain")
+        assert "**cs.MM** (" in summary and "not predicted" in summary
+        with pytest.raises(Exception, match="unknown label 'cs.XX'"):
+            client.predict(EXAMPLE, 0.5, True, "arxiv", "cs.XX", api_name="/explain")
+
+        for wrong, missing, message in (([], [], "empty correction"), (["cs.MM"], [], "'cs.MM' was not predicted"),
+                                        ([], ["cs.XX"], "unknown label 'cs.XX'")):
+            with pytest.raises(Exception, match=message):
+                client.predict(EXAMPLE, 0.5, True, "arxiv", wrong, missing, api_name="/feedback")
+        assert not db.exists()
+        message = client.predict(EXAMPLE, 0.5, True, "arxiv", predicted[:1], ["cs.MM"], api_name="/feedback")
+        assert message.startswith("Thank you: correction #1 stored")
+    [stored] = FeedbackStore(db).records()
+    assert stored["predicted"] == predicted and stored["corrected"] == predicted[1:] + ["cs.MM"]
+    assert stored["model"] == "arxiv" and stored["text"] == EXAMPLE
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 1
