@@ -394,3 +394,33 @@ def test_a_bad_second_bundle_leaves_the_default_serving(tiny_bundle, tiny_pwc_bu
         assert "Traceback" not in proc.output(), proc.output()[-3000:]
     assert_clean_error(run_cli("serve", "--model", models_folder(tmp_path / "empty", arxiv=None)), "serve",
                        "none of the bundles it lists (arxiv) is in")
+
+
+def test_predict_explains_with_explain_true():
+    """`explain: true` adds what deployment.explain computes for the same text and threshold; without
+    it the answer is as before; a bad label to explain is a one-line 422."""
+    from fastapi.testclient import TestClient
+
+    from deployment.explain import explain
+    from serving.api import create_app
+
+    bundle = REPO / "deployment" / "models" / "arxiv"
+    arxiv = Predictor(bundle)
+    with TestClient(create_app(str(bundle))) as client:
+        plain = client.post("/predict", json={"text": EXAMPLES[0]}).json()
+        assert "explanation" not in plain
+        r = client.post("/predict", json={"text": EXAMPLES[0], "explain": True, "explain_labels": ["cs.MM"],
+                                          "threshold": 0.3})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        expected = explain(arxiv, EXAMPLES[0], labels=["cs.MM"], threshold=0.3)
+        explained = body["explanation"]
+        assert [e["label"] for e in explained["labels"]] == body["labels"] + ["cs.MM"]
+        assert explained["sentences"] == expected["sentences"] and explained["text"] == expected["text"]
+        for got, want in zip(explained["labels"], expected["labels"]):
+            assert got["sentences"] == pytest.approx(want["sentences"], abs=1e-4) and "words" not in got
+        words = client.post("/predict", json={"text": EXAMPLES[0], "explain": True, "explain_words": True}).json()
+        assert len(words["explanation"]["labels"][0]["words"]) == len(words["explanation"]["words"]) > 0
+        for bad, fragment in ((["cs.XX"], "unknown label 'cs.XX'"), ("cs.CV", "explain_labels")):
+            r = client.post("/predict", json={"text": EXAMPLES[0], "explain": True, "explain_labels": bad})
+            assert r.status_code == 422 and fragment in r.json()["detail"], r.text

@@ -104,3 +104,17 @@ def test_faithfulness_bench_runs_on_a_few_papers(tmp_path):
     # the first-ranked sentence's removal, re-scored alone, lowers the label at least as much as a random one's
     assert all(r["top_drop"] >= r["random_drop"] - 0.01 for r in report["rows"])
     assert report["explain_seconds"]["median"] > 0
+
+
+def test_predict_explain_adds_each_rows_explanation(arxiv, tmp_path):
+    from conftest import run_cli, write_jsonl
+
+    papers = write_jsonl(tmp_path / "papers.jsonl", [{"id": "a", "text": EXAMPLE}, {"id": "b", "text": "  "}])
+    out = tmp_path / "out.jsonl"
+    result = run_cli("predict", papers, "-o", out, "--model", ARXIV, "--explain")
+    assert result.returncode == 0, result.stderr[-2000:]
+    good, bad = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = explain(arxiv, EXAMPLE)
+    assert [e["label"] for e in good["explanation"]["labels"]] == good["labels"]
+    assert good["explanation"]["labels"][0]["sentences"] == pytest.approx(expected["labels"][0]["sentences"], abs=1e-4)
+    assert "error" in bad and "explanation" not in bad
