@@ -121,6 +121,18 @@ def explain(predictor, text: str, labels: list[str] | None = None, threshold: fl
     return result
 
 
+def add_explanations(predictor, rows: list[dict], results: list[dict], threshold: float | None = None,
+                     progress=None) -> list[dict]:
+    """Each scored result of deployment.inputs.predict_rows (for its read_row `rows`) gets the
+    `explanation` the API's `explain: true` answers; progress(done, total) after each row."""
+    for done, (row, result) in enumerate(zip(rows, results), 1):
+        if "error" not in result:
+            result["explanation"] = explain(predictor, row["text"], threshold=threshold)
+        if progress:
+            progress(done, len(results))
+    return results
+
+
 def highlights(explanation: dict, label: str) -> list[tuple[str, float | None]]:
     """One label's explanation as (text, score in [-1, 1]) pieces for a highlighted-text view: each
     sentence scaled by the largest contribution, the gaps between sentences unscored."""

@@ -475,6 +475,8 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         top_k: Annotated[int, Form(ge=0, description="scores kept per row; 0 = all labels")] = 10,
         ttl: Annotated[int | None, Form(ge=1, description="keep the results at most this many seconds "
                                                           "(capped by the server's --result-ttl)")] = None,
+        explain: Annotated[bool, Form(description="add each row's `explanation`, as /predict's `explain: true` "
+                                                  "(about 0.6 s a row on 2 cores)")] = False,
     ) -> Response:
         model_name, predictor = _model(model or None)
         connection = _redis()
@@ -490,7 +492,8 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         job = enqueue_batch_job(make_queue(connection, cfg.queue), data, name, text_field=text_field or None,
                                 threshold=threshold, top_k=min(top_k, len(predictor.labels)) or None, model=model_name,
                                 fingerprint=bundle_fingerprint(predictor.model_dir), result_ttl=keep,
-                                queue_ttl=cfg.queue_ttl, job_timeout=cfg.job_timeout, heartbeat=cfg.job_heartbeat)
+                                queue_ttl=cfg.queue_ttl, job_timeout=cfg.job_timeout, heartbeat=cfg.job_heartbeat,
+                                explain=explain)
         location = f"/jobs/{job.id}"
         return JSONResponse({"id": job.id, "status": "queued", "model": model_name, "location": location,
                              "result_ttl_s": keep},

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from deployment.explain import explain as explain_text
+from deployment.explain import add_explanations
 from deployment.inputs import InputError, check_text_columns, json_object_line, predict_rows, read_row
 from deployment.predictor import BundleError, Predictor
 from papertasks.errors import UserError
@@ -90,9 +90,7 @@ def _score_chunk(job: tuple) -> list[str]:
     results = predict_rows(_predictor, rows, threshold=threshold, top_k=top_k, chunk_rows=max(len(rows), 1),
                            batch_size=batch_size, warnings=False)
     if explain:
-        for row, result in zip(rows, results):
-            if "error" not in result:
-                result["explanation"] = explain_text(_predictor, row["text"], threshold=threshold)
+        add_explanations(_predictor, rows, results, threshold)
     return [json.dumps(record, ensure_ascii=False) + "\n" for record in results]
 
 

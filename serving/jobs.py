@@ -100,9 +100,10 @@ def _fail(job, kind: str, message: str, status: int) -> None:
 
 def run_batch_job(filename: str, text_field: str | None = None, threshold: float | None = None,
                   top_k: int | None = None, model: str | None = None, fingerprint: str | None = None,
-                  heartbeat: float = 5.0, ttl: int = 3600) -> dict:
+                  heartbeat: float = 5.0, ttl: int = 3600, explain: bool = False) -> dict:
     """Score the uploaded file stored under UPLOAD_KEY with `model` (a registry name; None: the
-    default) whose bundle must have `fingerprint`; runs inside an RQ worker."""
+    default) whose bundle must have `fingerprint`, and with `explain` add each row's explanation
+    (then progress counts explained rows); runs inside an RQ worker."""
     from rq import get_current_job
 
     from deployment.inputs import InputError, predict_rows, read_batch_file
@@ -144,7 +145,11 @@ def run_batch_job(filename: str, text_field: str | None = None, threshold: float
 
         progress(0, len(rows))
         results = predict_rows(predictor, rows, threshold=threshold, top_k=top_k, chunk_rows=CHUNK_ROWS,
-                               progress=progress)
+                               progress=None if explain else progress)
+        if explain:
+            from deployment.explain import add_explanations
+
+            add_explanations(predictor, rows, results, threshold, progress=progress)
         return {"model": entry.name, "count": len(results), "errors": sum("error" in r for r in results),
                 "results": results}
     except InputError as e:
@@ -165,7 +170,7 @@ def run_batch_job(filename: str, text_field: str | None = None, threshold: float
 
 def enqueue_batch_job(queue, data: bytes, filename: str, *, text_field: str | None, threshold: float | None,
                       top_k: int | None, model: str | None, fingerprint: str | None, result_ttl: int, queue_ttl: int,
-                      job_timeout: int, heartbeat: float):
+                      job_timeout: int, heartbeat: float, explain: bool = False):
     """Store the upload, then enqueue the job (the upload expires with the queued job)."""
     import uuid
 
@@ -173,7 +178,7 @@ def enqueue_batch_job(queue, data: bytes, filename: str, *, text_field: str | No
     queue.connection.set(UPLOAD_KEY.format(job_id), data, ex=queue_ttl + job_timeout)
     return queue.enqueue_call(JOB_FUNC, kwargs=dict(filename=filename, text_field=text_field, threshold=threshold,
                                                     top_k=top_k, model=model, fingerprint=fingerprint,
-                                                    heartbeat=heartbeat, ttl=result_ttl),
+                                                    heartbeat=heartbeat, ttl=result_ttl, explain=explain),
                               job_id=job_id, timeout=job_timeout, result_ttl=result_ttl, failure_ttl=result_ttl,
                               ttl=queue_ttl, meta={"progress": {"done": 0, "total": None}})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,5 +117,36 @@ def test_predict_explain_adds_each_rows_explanation(arxiv, tmp_path):
     good, bad = [json.loads(line) for line in out.read_text().splitlines()]
     expected = explain(arxiv, EXAMPLE)
     assert [e["label"] for e in good["explanation"]["labels"]] == good["labels"]
+    assert good["explanation"]["labels"][0]["sentences"] == pytest.approx(expected["labels"][0]["sentences"], abs=1e-4)
+    assert "error" in bad and "explanation" not in bad
+
+
+def test_a_job_with_explain_adds_each_rows_explanation(arxiv, tmp_path):
+    """POST /jobs with explain=true: a worker explains each scored row as /predict's `explain: true` does."""
+    import shutil
+
+    import httpx
+
+    from serverutil import REDIS_SERVER, api_server, redis_server, wait_until, worker
+
+    if not shutil.which("redis-server") and not Path(REDIS_SERVER).exists():
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    rows = [{"id": "a", "text": EXAMPLE}, {"id": "b", "text": ""}]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    with redis_server(tmp_path) as (redis_url, _), api_server(ARXIV, tmp_path, "--redis-url", redis_url) as (url, _), \
+            worker(ARXIV, redis_url, tmp_path), httpx.Client(base_url=url, timeout=30) as client:
+        r = client.post("/jobs", files={"file": ("papers.jsonl", data)}, data={"explain": "true"})
+        assert r.status_code == 202, r.text
+        location = r.headers["Location"]
+
+        def finished():
+            answer = client.get(location)
+            return answer if answer.status_code != 202 else None
+
+        done = wait_until(finished, 120, "the job")
+    assert done.status_code == 200, done.text
+    good, bad = done.json()["results"]
+    expected = explain(arxiv, EXAMPLE)
+    assert good["explanation"]["sentences"] == expected["sentences"]
     assert good["explanation"]["labels"][0]["sentences"] == pytest.approx(expected["labels"][0]["sentences"], abs=1e-4)
     assert "error" in bad and "explanation" not in bad
