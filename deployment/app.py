@@ -62,15 +62,27 @@ def scores_title(predictor: Predictor) -> str:
     return "Top classes" if predictor.single_label else "Top labels"
 
 
-def explanation_summary(explanation: dict) -> str:
+def named(predictor: Predictor, label: str) -> str:
+    """A label in bold, with the name people read when the bundle has one: **cs.IT** (Information Theory)."""
+    name = predictor.label_names.get(label)
+    return f"**{label}** ({name})" if name else f"**{label}**"
+
+
+def label_choices(predictor: Predictor, labels: list[str]) -> list[tuple[str, str]]:
+    """Dropdown choices that show 'cs.IT — Information Theory' and send 'cs.IT'."""
+    return [(predictor.title(lab), lab) for lab in labels]
+
+
+def explanation_summary(predictor: Predictor, explanation: dict) -> str:
     """One line per explained label: its probability and the sentence that raised it most."""
     lines = []
     for entry in explanation["labels"]:
         best = max(range(len(entry["sentences"])), key=entry["sentences"].__getitem__)
         sentence = explanation["sentences"][best]["text"]
         shown = sentence if len(sentence) <= 90 else sentence[:87] + "..."
-        lines.append(f"- **{entry['label']}** ({entry['probability']:.2f}{'' if entry['predicted'] else ', not predicted'}):"
-                     f" most from sentence {best + 1} ({entry['sentences'][best]:+.3f}): _{shown}_")
+        lines.append(f"- {named(predictor, entry['label'])}: {entry['probability']:.2f}"
+                     f"{'' if entry['predicted'] else ', not predicted'}; most from sentence {best + 1} "
+                     f"({entry['sentences'][best]:+.3f}): _{shown}_")
     return "\n".join(lines)
 
 
@@ -109,10 +121,10 @@ def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blo
         predictor = predictor_for(model)
         if predictor.single_label:  # the best class, and the runners-up with their probabilities
             result = predictor.predict([text], top_k=int(top_k or TOP_CLASSES))[0]
-            chosen = f"**{result['labels'][0]}**"
+            chosen = named(predictor, result["labels"][0])
         else:
             result = predictor.predict([text], threshold=None if per_label else threshold, top_k=TOP_LABELS)[0]
-            chosen = ", ".join(f"**{lab}**" for lab in result["labels"]) or "_none above the threshold_"
+            chosen = ", ".join(named(predictor, lab) for lab in result["labels"]) or "_none above the threshold_"
         warnings = "".join(f"\n\n> Warning: {w}" for w in language_warnings(text))
         return result["scores"], f"Predicted: {chosen}{warnings}"
 
@@ -125,8 +137,9 @@ def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blo
             return gr.Dropdown(choices=[], value=[]), gr.Dropdown(choices=[], value=[]), gr.Dropdown(choices=[])
         labels = predictor.predict([text], threshold=chosen_threshold(predictor, threshold, per_label))[0]["labels"]
         others = [lab for lab in predictor.labels if lab not in labels]
-        return (gr.Dropdown(choices=labels, value=[]), gr.Dropdown(choices=others, value=[]),
-                gr.Dropdown(choices=labels + others, value=labels[0] if labels else None))
+        return (gr.Dropdown(choices=label_choices(predictor, labels), value=[]),
+                gr.Dropdown(choices=label_choices(predictor, others), value=[]),
+                gr.Dropdown(choices=label_choices(predictor, labels + others), value=labels[0] if labels else None))
 
     def why(text: str, threshold: float, per_label: bool, model: str, label: str | None):
         """Highlighted sentences for `label` (default: the best predicted one) and a line per predicted label."""
@@ -138,7 +151,7 @@ def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blo
         except InputError as e:
             raise gr.Error(str(e), print_exception=False) from None
         shown = asked[0] if asked else explanation["labels"][0]["label"]
-        return highlights(explanation, shown), explanation_summary(explanation)
+        return highlights(explanation, shown), explanation_summary(predictor, explanation)
 
     def send_correction(text: str, threshold: float, per_label: bool, model: str, wrong: list[str] | None,
                         missing: list[str] | None):

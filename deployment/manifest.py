@@ -22,7 +22,8 @@ MANIFEST = "manifest.json"
 VERSION = 1
 # Files the predictor reads: one of these on disk but not in the manifest is refused, because it
 # changes what is served. Other unlisted files (a README dropped beside the bundle) are ignored.
-SERVED_FILES = ("model.onnx", "tokenizer.json", "labels.json", "config.json", "thresholds.json", "bag.npz")
+SERVED_FILES = ("model.onnx", "tokenizer.json", "labels.json", "config.json", "thresholds.json", "bag.npz",
+                "label_names.json")
 
 
 class ManifestError(ValueError):

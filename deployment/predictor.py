@@ -31,6 +31,7 @@ _WHITESPACE = re.compile(r"\s+")
 # For a bundle (or a trained folder) that does not record its window; bundles from before head_tail cut the head.
 DEFAULT_MAX_LENGTH = 256
 DEFAULT_TRUNCATION = "head"
+LABEL_NAMES_FILE = "label_names.json"  # optional: label -> the name people read (export/taxonomy.py writes it)
 
 
 class BundleError(ValueError):
@@ -108,6 +109,11 @@ class Predictor:
             raise BundleError(f"{self.model_dir}: labels.json has {len(self.labels)} labels "
                               f"but the model has {n_outputs} outputs")
 
+        names = _read_json(self.model_dir / LABEL_NAMES_FILE) if (self.model_dir / LABEL_NAMES_FILE).is_file() else {}
+        if not isinstance(names, dict):
+            raise BundleError(f"{self.model_dir / LABEL_NAMES_FILE}: expected an object of label -> name")
+        self.label_names = {k: str(v) for k, v in names.items() if k in self.labels}
+
         thresholds = self.model_dir / "thresholds.json"
         self.thresholds_info = _read_json(thresholds) if thresholds.is_file() else {"global": 0.5, "per_label": {}}
         self.global_threshold = float(self.thresholds_info.get("global", 0.5))
@@ -177,6 +183,10 @@ class Predictor:
     def bag_probabilities(self, texts: list[str]) -> np.ndarray:
         """The bag-of-n-grams half of a hybrid bundle alone, on whole (normalized) texts."""
         return self.bag.probabilities(text_ids(self.tokenizer, texts))
+
+    def title(self, label: str) -> str:
+        """A label as people read it: 'cs.IT — Information Theory' when the bundle names it."""
+        return f"{label} — {self.label_names[label]}" if label in self.label_names else label
 
     def decide(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Boolean label matrix: tuned per-label thresholds, or one global `threshold` if given.

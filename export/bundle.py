@@ -8,6 +8,7 @@ from pathlib import Path
 
 from deployment.manifest import write_manifest
 from export.model_card import write_model_card
+from export.taxonomy import write_label_names
 from papertasks.io import write_json
 
 BUNDLE_FILES = ("tokenizer.json", "labels.json", "config.json", "thresholds.json")  # beside model.onnx
@@ -24,8 +25,9 @@ def copy_bundle_files(source: Path, folder: Path, names=BUNDLE_FILES) -> Path:
 
 
 def seal_bundle(folder: Path, name: str | None = None) -> None:
-    """The model card, then the manifest last: its checksums cover every file, the card included,
-    and the Predictor checks them at start."""
+    """The label names, the model card, then the manifest last: its checksums cover every file, the
+    card included, and the Predictor checks them at start."""
+    write_label_names(folder)
     write_model_card(folder, name=name)
     write_manifest(folder)
 

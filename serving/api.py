@@ -144,6 +144,7 @@ class Span(BaseModel):
 
 class LabelExplanation(BaseModel):
     label: str
+    name: str | None = Field(None, description="the label's name, when the bundle has one")
     probability: float
     predicted: bool
     sentences: list[float] = Field(..., description="per sentence: the label's probability with the whole text "
@@ -164,6 +165,9 @@ class Prediction(BaseModel):
                                                "(a single-label model: its best class)")
     scores: dict[str, float] = Field(..., description="label -> probability, best first")
     warnings: list[str] = Field(default_factory=list, description="e.g. the text does not look like English")
+    names: dict[str, str] | None = Field(None, description="label -> the name people read (e.g. cs.IT -> "
+                                                           "Information Theory), for the labels answered, when the "
+                                                           "model's bundle names them (its label_names.json)")
     explanation: Explanation | None = Field(None, description="with `explain: true`")
 
 
@@ -378,7 +382,10 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         if body.explain:
             answer["explanation"] = explain(predictor, text, labels=body.explain_labels, threshold=body.threshold,
                                             words=body.explain_words)
-        return answer
+            for entry in answer["explanation"]["labels"]:
+                entry["name"] = predictor.label_names.get(entry["label"])
+        named = {lab: predictor.label_names[lab] for lab in result["scores"] if lab in predictor.label_names}
+        return {**answer, "names": named or None}
 
     feedback_store = FeedbackStore(cfg.feedback_db)
 
@@ -434,6 +441,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         name, predictor = _model(model)
         per_label = predictor.thresholds_info.get("per_label", {})
         return {"model": name, "count": len(predictor.labels), "labels": predictor.labels,
+                "names": predictor.label_names,
                 "global_threshold": predictor.global_threshold,
                 "thresholds": {lab: float(t) for lab, t in zip(predictor.labels, predictor.thresholds)},
                 "tuned": sorted(per_label)}

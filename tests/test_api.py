@@ -424,3 +424,44 @@ def test_predict_explains_with_explain_true():
         for bad, fragment in ((["cs.XX"], "unknown label 'cs.XX'"), ("cs.CV", "explain_labels")):
             r = client.post("/predict", json={"text": EXAMPLES[0], "explain": True, "explain_labels": bad})
             assert r.status_code == 422 and fragment in r.json()["detail"], r.text
+
+
+def test_arxiv_codes_travel_with_their_names(tiny_bundle, tmp_path):
+    """Every arXiv code in the data has its taxonomy name; export writes the names of a bundle's labels
+    into label_names.json, the manifest covers it, and the API answers them beside the codes."""
+    import gzip
+
+    from fastapi.testclient import TestClient
+
+    from export.taxonomy import ARXIV_CATEGORIES
+    from serving.api import create_app
+
+    from conftest import ARXIV
+
+    if ARXIV.exists():
+        with gzip.open(ARXIV, "rt", encoding="utf-8") as f:
+            codes = {code for line in f for code in json.loads(line)["categories"]}
+        assert codes <= set(ARXIV_CATEGORIES), sorted(codes - set(ARXIV_CATEGORIES))
+    assert ARXIV_CATEGORIES["cs.IT"] == "Information Theory" and ARXIV_CATEGORIES["cs.CV"] == (
+        "Computer Vision and Pattern Recognition")
+
+    shipped = REPO / "deployment" / "models" / "arxiv"
+    for bundle in (shipped, tiny_bundle):
+        names = json.loads((bundle / "label_names.json").read_text())
+        labels = json.loads((bundle / "labels.json").read_text())
+        assert list(names) == sorted(labels, key=labels.get) and names == {k: ARXIV_CATEGORIES[k] for k in names}
+        assert "label_names.json" in read_manifest(bundle)["files"]
+    arxiv = Predictor(shipped)
+    assert arxiv.title("cs.IT") == "cs.IT — Information Theory"
+
+    with TestClient(create_app(str(shipped))) as client:
+        body = client.post("/predict", json={"text": EXAMPLES[0], "top_k": 3, "explain": True}).json()
+        assert body["names"] == {lab: ARXIV_CATEGORIES[lab] for lab in body["scores"]} and len(body["names"]) == 3
+        assert all(e["name"] == ARXIV_CATEGORIES[e["label"]] for e in body["explanation"]["labels"])
+        assert client.get("/labels").json()["names"]["cs.IT"] == "Information Theory"
+
+    copy = tmp_path / "arxiv"
+    shutil.copytree(shipped, copy)
+    (copy / "label_names.json").write_text(json.dumps({**names, "cs.CV": "Something Else"}))
+    with pytest.raises(BundleError, match="files do not match manifest.json \\(label_names.json has"):
+        Predictor(copy)

@@ -184,7 +184,7 @@ def test_app_explains_a_label_and_stores_a_correction(tmp_path):
         assert "".join(p["token"] for p in pieces) == expected["text"]
         shown = [p["class_or_confidence"] for p in pieces if p["class_or_confidence"] is not None]
         assert shown == pytest.approx([s for _, s in highlights(expected, predicted[0]) if s is not None], abs=0.05)
-        assert summary.startswith(f"- **{predicted[0]}** (")
+        assert summary.startswith(f"- **{predicted[0]}** ({arxiv.label_names[predicted[0]]}): ")
         pieces, summary = client.predict(EXAMPLE, 0.5, True, "arxiv", "cs.MM", api_name="/explain")
         assert "**cs.MM** (" in summary and "not predicted" in summary
         with pytest.raises(Exception, match="unknown label 'cs.XX'"):

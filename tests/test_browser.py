@@ -72,7 +72,8 @@ def test_browser_classifies_an_abstract_and_a_csv(page, tiny_bundle, tmp_path):
     answer = page.get_by_text("Predicted:")
     answer.wait_for()
     shown = answer.inner_text().removeprefix("Predicted:").strip()
-    expected = predictor.predict([abstract])[0]["labels"]
+    expected = [f"{lab} ({predictor.label_names[lab]})" if lab in predictor.label_names else lab
+                for lab in predictor.predict([abstract])[0]["labels"]]  # arXiv codes with their taxonomy names
     assert shown == (", ".join(expected) or "none above the threshold"), shown
     top = max(predictor.predict([abstract])[0]["scores"].items(), key=lambda kv: kv[1])[0]
     assert page.get_by_text(top, exact=True).first.is_visible()
