@@ -222,12 +222,14 @@ def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blo
                     explain_label = gr.Dropdown(choices=[], allow_custom_value=True, elem_id="explain-label",
                                                 label="Label to explain (default: the best predicted one)")
                     explain_button = gr.Button("Explain", elem_id="explain-button")
-                highlighted = gr.HighlightedText(label="Green: the sentence raised the label's probability; red: "
-                                                       "lowered it", combine_adjacent=False, elem_id="explanation")
+                highlighted = gr.HighlightedText(label="Red: the sentence raised the label's probability; blue: "
+                                                       "lowered it (the darker, the more)",
+                                                 combine_adjacent=False, elem_id="explanation")
                 explained = gr.Markdown(elem_id="explanation-summary")
             with gr.Accordion("Correct the labels", open=False):
                 with gr.Row():
-                    # custom values allowed: API callers name labels without a prediction first; send_correction checks them
+                    # custom values allowed: API callers name labels without a prediction first;
+                    # send_correction checks them
                     wrong = gr.Dropdown(choices=[], multiselect=True, allow_custom_value=True,
                                         label="Predicted labels that are wrong", elem_id="wrong-labels")
                     missing = gr.Dropdown(choices=[], multiselect=True, allow_custom_value=True,

@@ -4,12 +4,14 @@ predictions, checks a bad upload's message, switches to a single-label model wit
 saves screenshots."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -43,18 +45,24 @@ def app_url(models):
         yield url
 
 
-@pytest.fixture()
-def page(app_url):
+@contextlib.contextmanager
+def browser_page(url: str):
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
             page = context.new_page()
             page.set_default_timeout(60_000)
-            page.goto(app_url)
+            page.goto(url)
             yield page
         finally:
             browser.close()
+
+
+@pytest.fixture()
+def page(app_url):
+    with browser_page(app_url) as page:
+        yield page
 
 
 def table_rows(page) -> list[list[str]]:
@@ -164,3 +172,39 @@ def test_browser_picker_switches_to_a_single_label_model(page, models, tmp_path)
         "labels"][0]
     assert row[2].count("(") == TOP_CLASSES
     assert "top classes" in page.locator("#file-table").inner_text()
+
+
+def test_browser_explains_a_real_abstract_and_sends_a_correction(tmp_path):
+    """The shipped arXiv model: classify a real abstract, explain it (highlighted sentences and a line
+    per label, with taxonomy names), mark the best label wrong, add a missing one, send; one record."""
+    from deployment.feedback import DB_ENV, FeedbackStore
+
+    bundle = REPO / "deployment" / "models" / "arxiv"
+    predictor, db, port = Predictor(bundle), tmp_path / "feedback.sqlite3", free_port()
+    abstract = json.loads((REPO / "deployment" / "examples.json").read_text())[0]["text"]
+    predicted = predictor.predict([abstract])[0]["labels"]
+    missing = next(lab for lab in ("cs.MM", "cs.CR", "cs.LG") if lab not in predicted)
+    command = [sys.executable, str(REPO / "deployment" / "app.py"), "--model", str(bundle),
+               "--host", "127.0.0.1", "--port", str(port)]
+    with mock.patch.dict(os.environ, {DB_ENV: str(db)}), running_app(command, port) as url, browser_page(url) as page:
+        page.get_by_label("Title and abstract").fill(abstract)
+        page.get_by_role("button", name="Classify", exact=True).click()
+        page.get_by_text("Predicted:").wait_for()
+        page.locator("#explain-button").click()
+        summary = page.locator("#explanation-summary")
+        summary.get_by_text(predictor.label_names[predicted[0]]).wait_for()
+        assert "most from sentence" in summary.inner_text()
+        page.locator("#explanation").get_by_text("The code is available at").first.wait_for()
+        page.screenshot(path=str(tmp_path / "app-explained.png"), full_page=True)
+
+        page.get_by_text("Correct the labels").click()
+        page.locator("#wrong-labels input").click()
+        page.get_by_role("option", name=predictor.title(predicted[0])).click()
+        page.locator("#missing-labels input").click()
+        page.locator("#missing-labels input").fill(missing)
+        page.get_by_role("option", name=predictor.title(missing)).click()
+        page.locator("#send-correction").click()
+        page.locator("#correction-status").get_by_text("Thank you: correction #1 stored").wait_for()
+        page.screenshot(path=str(tmp_path / "app-corrected.png"), full_page=True)
+    [stored] = FeedbackStore(db).records()
+    assert stored["predicted"] == predicted and stored["corrected"] == predicted[1:] + [missing]
