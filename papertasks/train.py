@@ -349,8 +349,9 @@ def save_trained(hf_model, tokenizer, labels, cfg: TrainConfig, state: dict, out
 
 
 def _data_report(data_dir) -> dict | None:
+    """What `prepare` recorded about the data (for the model card); None for data split elsewhere."""
     path = Path(data_dir) / "report.json"
-    if not path.is_file():
+    report = read_json(path) if path.is_file() else {}
+    if "config" not in report:
         return None
-    report = read_json(path)
     return {k: report.get(k) for k in ("config", "labels_before", "labels_after", "rows")}
