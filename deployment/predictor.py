@@ -5,7 +5,7 @@ measured is what is served. It needs only numpy, tokenizers and onnxruntime (no 
 folder can be pushed as a Hugging Face Space as it is.
 
 A bundle folder holds: model.onnx (int8), tokenizer.json, labels.json (label -> index),
-thresholds.json (optional: {"global": t, "per_label": {label: t}}) and config.json
+thresholds.json (optional: {"global": t, "per_label": {label: t}, "relative_to_top": r}) and config.json
 (max_length, truncation, problem_type and what the model was trained on). A multi-label bundle
 scores each label with a sigmoid; a single-label one (multi-class or binary) with a softmax.
 """
@@ -26,6 +26,9 @@ except ImportError:
     from truncation import encode_windows
 
 _WHITESPACE = re.compile(r"\s+")
+# How a multi-label bundle decides: "tuned" (its per-label thresholds and relative cut, as evaluate
+# chose them on validation) or "global" (its one tuned threshold for every label).
+POLICIES = ("tuned", "global")
 
 
 # For a bundle (or a trained folder) that does not record its window; bundles from before head_tail cut the head.
@@ -67,6 +70,16 @@ def load_labels(path: Path) -> list[str]:
     if [mapping[k] for k in labels] != list(range(len(labels))):
         raise BundleError(f"{path}: label indices must be 0..{len(labels) - 1} with no gaps")
     return labels
+
+
+def tuned_decisions(probs: np.ndarray, cut: np.ndarray, relative_to_top: float = 0.0) -> np.ndarray:
+    """Labels at or above their threshold and, with `relative_to_top` r > 0, scored at least r times
+    the paper's best score: low per-label thresholds of rare labels then add labels to papers with
+    no confident one instead of to every paper (evaluate measures this rule, as it is served)."""
+    chosen = probs >= cut
+    if relative_to_top > 0:
+        chosen &= probs >= relative_to_top * probs.max(axis=1, keepdims=True)
+    return chosen
 
 
 class Predictor:
@@ -119,6 +132,7 @@ class Predictor:
         self.global_threshold = float(self.thresholds_info.get("global", 0.5))
         per_label = self.thresholds_info.get("per_label", {})
         self.thresholds = np.array([per_label.get(lab, self.global_threshold) for lab in self.labels], dtype=np.float32)
+        self.relative_to_top = float(self.thresholds_info.get("relative_to_top", 0.0))
 
         self.bag, self.encoder_weight = None, 1.0
         hybrid = self.config.get("hybrid")
@@ -188,20 +202,25 @@ class Predictor:
         """A label as people read it: 'cs.IT — Information Theory' when the bundle names it."""
         return f"{label} — {self.label_names[label]}" if label in self.label_names else label
 
-    def decide(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """Boolean label matrix: tuned per-label thresholds, or one global `threshold` if given.
+    def decide(self, probs: np.ndarray, threshold: float | None = None, policy: str = "tuned") -> np.ndarray:
+        """Boolean label matrix under `policy` (POLICIES), or one `threshold` for every label if given.
         A single-label bundle picks its top label (unless `threshold` asks for a minimum score)."""
+        if policy not in POLICIES:
+            raise ValueError(f"policy {policy!r}: use one of {', '.join(POLICIES)}")
         if self.single_label:
             top = probs == probs.max(axis=1, keepdims=True)
             return top if threshold is None else top & (probs >= threshold)
-        cut = self.thresholds if threshold is None else np.full(len(self.labels), threshold, dtype=np.float32)
-        return probs >= cut
+        if threshold is not None:
+            return probs >= threshold
+        if policy == "global":
+            return probs >= self.global_threshold
+        return tuned_decisions(probs, self.thresholds, self.relative_to_top)
 
     def predict(self, texts: list[str], threshold: float | None = None, top_k: int | None = None,
-                batch_size: int = 32) -> list[dict]:
+                batch_size: int = 32, policy: str = "tuned") -> list[dict]:
         """For each text: {'labels': [...above threshold, best first], 'scores': {label: p}}."""
         probs = self.predict_proba(texts, batch_size=batch_size)
-        chosen = self.decide(probs, threshold)
+        chosen = self.decide(probs, threshold, policy)
         results = []
         for row, keep in zip(probs, chosen):
             order = np.argsort(-row)

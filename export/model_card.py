@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET
+from papertasks.evaluate import MICRO_F1_SLACK, policy_summary
 from papertasks.io import write_text
 
 
@@ -94,7 +95,7 @@ def render_model_card(bundle: Path, name: str | None = None) -> str:
                   "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in scalars.values()) + " |"]
     elif metrics:
         t = {k: (f"{v:.3f}" if isinstance(v, float) else "n/a") for k, v in metrics["test"].items()}
-        lines += ["", f"## Test metrics ({metrics.get('test_rows')} papers, this int8 bundle, per-label thresholds)", "",
+        lines += ["", f"## Test metrics ({metrics.get('test_rows')} papers, this int8 bundle, the tuned thresholds)", "",
                   "| micro-F1 | macro-F1 | samples-F1 | P@1 | P@3 | ROC-AUC (micro) | ROC-AUC (macro) |",
                   "|---:|---:|---:|---:|---:|---:|---:|",
                   f"| {t['f1_micro']} | {t['f1_macro']} | {t['f1_samples']} | {t['precision_at_1']} | "
@@ -102,15 +103,13 @@ def render_model_card(bundle: Path, name: str | None = None) -> str:
         g = metrics.get("test_global_threshold")
         if g:
             lines += ["", f"With the global threshold alone: micro-F1 {g['f1_micro']:.3f}, macro-F1 {g['f1_macro']:.3f}, "
-                      f"samples-F1 {g['f1_samples']:.3f} (the app's checkbox switches between the two)."]
+                      f"samples-F1 {g['f1_samples']:.3f} (the app's checkbox and `--policy global` switch to it)."]
     if thresholds and not single_label:
-        tuned = len(thresholds.get("per_label", {}))
         lines += ["", "## Thresholds", "",
-                  f"Global {thresholds.get('global')}; {tuned} labels have their own threshold tuned on validation "
-                  f"(labels with fewer than {thresholds.get('min_positives', '?')} validation positives use the global one)"
-                  + (f", shrunk toward the global one by n / (n + {thresholds['shrink']:g}) for a label with n validation "
-                     "positives (the shrinkage chosen on halves of the validation split)"
-                     if thresholds.get("shrink") else "") + "."]
+                  f"The tuned policy: {policy_summary(thresholds)}. Labels with fewer than "
+                  f"{thresholds.get('min_positives', '?')} validation positives use the global threshold. The policy "
+                  "was chosen on halves of the validation split: the best held-out macro-F1 that keeps held-out "
+                  f"micro-F1 within {100 * MICRO_F1_SLACK:g} point of the global threshold's."]
     source = "REFIT_DIR" if config.get("training", {}).get("head_refit") else "MODEL_DIR"
     export = f"papertasks export --model {source} --data DATA_DIR --out deployment/models/{name}"
     export += "".join(f" {flag}" for _, flag in quantization)

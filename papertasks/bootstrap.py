@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from papertasks.errors import UserError
-from papertasks.evaluate import threshold_vector
+from papertasks.evaluate import tuned_predictions
 
 CHUNK = 200  # resamples per matrix product: 200 x n test papers of float32
 
@@ -25,8 +25,8 @@ def predictions(report: dict, scores: dict, setting: str) -> tuple[np.ndarray, n
         top = probs.argmax(axis=1)
         return np.eye(len(labels), dtype=bool)[top], y[np.arange(len(y)), top]
     thresholds = report["thresholds"]
-    cut = (threshold_vector(thresholds, labels) if setting == "test" else np.full(len(labels), thresholds["global"]))
-    return probs >= cut, y[np.arange(len(y)), np.argsort(-probs, axis=1)[:, 0]]
+    pred = tuned_predictions(thresholds, labels, probs) if setting == "test" else probs >= thresholds["global"]
+    return pred, y[np.arange(len(y)), np.argsort(-probs, axis=1)[:, 0]]
 
 
 def resampled_metrics(y: np.ndarray, pred: np.ndarray, top1_hit: np.ndarray, weights: np.ndarray) -> dict:

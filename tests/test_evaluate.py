@@ -8,7 +8,8 @@ import pytest
 
 from papertasks.evaluate import (TOP_CLASS_THRESHOLDS, compute_metrics, evaluate_bundle, evaluate_probs,
                                  evaluation_problem, headline_header, headline_row, precision_at_k,
-                                 SHRINK_GRID, single_label_metrics, tune_thresholds, write_report)
+                                 RELATIVE_GRID, SHRINK_GRID, single_label_metrics, tune_thresholds, tuned_predictions,
+                                 write_report)
 from papertasks.cli import main
 from papertasks.errors import UserError
 
@@ -55,14 +56,39 @@ def test_per_label_thresholds_are_shrunk_as_validation_halves_choose():
     shifted = rng.uniform(0, 0.5, size=y.shape) + y * 0.3  # overlapping: positives 0.3..0.8, negatives 0..0.5
     shifted[:, 2] += 0.3  # label c's scores sit higher: its own threshold must be higher than a's
     t = tune_thresholds(y, shifted, LABELS, min_positives=10)
-    assert t["shrink"] <= 30 and t["per_label"]["c"] - t["per_label"]["a"] > 0.1
-    assert set(t["shrink_chosen_on_valid_halves"]) == {str(k) for k in SHRINK_GRID}
+    assert t["shrink"] is not None and t["shrink"] <= 30 and t["per_label"]["c"] - t["per_label"]["a"] > 0.1
+    held_out = t["policy_chosen_on_valid_halves"]["micro_macro"]
+    assert len(held_out) == len(SHRINK_GRID) * len(RELATIVE_GRID)
 
     few = (rng.random((n, 6)) < 0.03).astype(int)  # ~60 positives a label, scored alike: one threshold fits all
     noise = rng.uniform(0, 0.8, size=few.shape) + few * 0.2
     t = tune_thresholds(few, noise, list("abcdef"), min_positives=10)
-    held_out = t["shrink_chosen_on_valid_halves"]
-    assert t["shrink"] >= 300 and held_out["3000"] > held_out["0"]
+    held_out = t["policy_chosen_on_valid_halves"]["micro_macro"]
+    assert (t["shrink"] is None or t["shrink"] >= 300)
+    assert held_out["shrink=None,relative=0.0"][1] > held_out["shrink=0,relative=0.0"][1]
+
+
+def test_the_tuned_policy_keeps_micro_f1_and_cuts_labels_far_below_the_papers_best():
+    """A frequent label scored well and a rare one whose positives score low: its own threshold is low,
+    which adds false positives to papers that have a confident label. The relative cut keeps the rare
+    label where nothing else is confident; the policy keeps held-out micro-F1 at the global one's."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    y = np.zeros((n, 2), dtype=int)
+    y[: n // 2, 0] = 1
+    y[n // 2: n // 2 + 150, 1] = 1  # the rare label sits on papers without the frequent one
+    rare_negatives = np.where(y[:, 0], rng.uniform(0.1, 0.3, n), rng.uniform(0.0, 0.12, n))  # confused on them
+    probs = np.column_stack([np.where(y[:, 0], rng.uniform(0.6, 1.0, n), rng.uniform(0.0, 0.3, n)),
+                             np.where(y[:, 1], rng.uniform(0.15, 0.3, n), rare_negatives)])
+    t = tune_thresholds(y, probs, ["frequent", "rare"], min_positives=10)
+    assert t["relative_to_top"] > 0 and t["per_label"]["rare"] < 0.3
+    pred = tuned_predictions(t, ["frequent", "rare"], probs)
+    frequent_papers = y[:, 0] == 1
+    assert not pred[frequent_papers, 1].any()  # never the rare label on a paper with a confident one
+    assert pred[y[:, 1] == 1, 1].mean() > 0.3
+    held_out = t["policy_chosen_on_valid_halves"]["micro_macro"]
+    chosen = held_out[f"shrink={t['shrink']},relative={t['relative_to_top']}"]
+    assert chosen[0] >= held_out["shrink=None,relative=0.0"][0] - 0.0025
 
 
 def test_evaluate_bundle_writes_thresholds_metrics_and_card(tiny_bundle, tiny_data, tmp_path):
