@@ -60,7 +60,7 @@ def bootstrap(values: np.ndarray, resamples: int, seed: int) -> list[float]:
     return [round(float(q), 4) for q in np.percentile(means, [2.5, 97.5])]
 
 
-def run(model: str, papers: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
+def run(model: str, papers: list[dict], resamples: int = 2000, seed: int = 0, word_papers: int = WORD_PAPERS) -> dict:
     predictor = Predictor(model)
     rng = np.random.default_rng(seed)
     explain(predictor, papers[0]["text"])  # warm-up: the first run of a session is slower
@@ -69,7 +69,7 @@ def run(model: str, papers: list[dict], resamples: int = 2000, seed: int = 0) ->
         start = time.perf_counter()
         result = explain(predictor, paper["text"])
         seconds.append(time.perf_counter() - start)
-        if n < WORD_PAPERS:
+        if n < word_papers:
             start = time.perf_counter()
             explain(predictor, paper["text"], words=True)
             word_seconds.append(time.perf_counter() - start)
@@ -105,7 +105,8 @@ def run(model: str, papers: list[dict], resamples: int = 2000, seed: int = 0) ->
             f"top{TOP}_vs_random{TOP}": paired(f"top{TOP}_drop", f"random{TOP}_drop"),
             "explain_seconds": {"median": round(float(np.median(seconds)), 3),
                                 "p90": round(float(np.percentile(seconds, 90)), 3)},
-            "explain_words_seconds": {"median": round(float(np.median(word_seconds)), 3), "papers": len(word_seconds)},
+            "explain_words_seconds": {"median": round(float(np.median(word_seconds)), 3) if word_seconds else None,
+                                      "papers": len(word_seconds)},
             "rows": rows}
 
 
@@ -118,9 +119,11 @@ def main() -> None:
     parser.add_argument("--papers", type=int, default=200)
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--word-papers", type=int, default=WORD_PAPERS, help="time word refinement on this many")
     parser.add_argument("--out", help="write the results here (JSON)")
     args = parser.parse_args()
-    report = run(args.model, read_papers(args.data, args.input, args.papers), args.resamples, args.seed)
+    report = run(args.model, read_papers(args.data, args.input, args.papers), args.resamples, args.seed,
+                 args.word_papers)
     summary = {k: v for k, v in report.items() if k != "rows"}
     print(json.dumps(summary, indent=2))
     if args.out:

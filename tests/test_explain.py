@@ -94,7 +94,8 @@ def test_faithfulness_bench_runs_on_a_few_papers(tmp_path):
     (data / "test.jsonl").write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in rows[:3]))
     out = tmp_path / "explain.json"
     result = subprocess.run([sys.executable, str(REPO / "bench" / "explain_faithfulness.py"), "--data", str(data),
-                             "--papers", "3", "--resamples", "200", "--out", str(out)],
+                             "--papers", "3", "--resamples", "200", "--word-papers", "1",
+                             "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
