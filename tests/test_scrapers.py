@@ -720,3 +720,44 @@ def test_scraped_jsonl_goes_straight_into_prepare(shared, server, capsys, tmp_pa
         assert set(row["labels"]) <= set(by_id[row["id"]]["labels"])
     vocab = json.loads((tmp_path / "labels.json").read_text())
     assert "cs.RO" in vocab and "cond-mat.mes-hall" in vocab
+
+
+# ---------------------------------------------------------------- Papers with Code: scraped tasks feed the task model's data
+
+
+def test_scraped_pwc_tasks_merge_into_the_leaderboard_data_for_prepare(shared, server, pwc_api, tmp_path, capsys):
+    """Pages and API, scraped through the CLI, then `prepare` with real Papers with Code leaderboard papers:
+    a task named on a page and in the leaderboard file is one label (the names agree), so a user with a
+    network can add fresher scraped papers to the data the shipped `pwc` bundle was trained on."""
+    server.add("/paper/searching-for-mobilenetv3", Reply(shared(MOBILENET).read_bytes(), content_type="text/html"))
+    urls_file = tmp_path / "urls.txt"
+    urls_file.write_text("searching-for-mobilenetv3\n")
+    html, api = tmp_path / "html.jsonl", tmp_path / "api.jsonl"
+    assert scrape(capsys, "pwc-html", "--base-url", server.url, "--urls-file", str(urls_file), "-o", str(html), *FAST)[0] == 0
+    assert scrape(capsys, "pwc-api", "--base-url", pwc_api, "--require-tasks", "-o", str(api), *FAST)[0] == 0
+
+    leaderboard = SHARED / "data" / "pwc_leaderboard_tasks.jsonl.gz"
+    if not leaderboard.is_file():
+        pytest.skip(f"{leaderboard} not found")
+    rows = []
+    with gzip.open(leaderboard, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if {"Image Classification", "Object Detection", "Image Generation"} & set(row["tasks"]):
+                rows.append(row)
+            if len(rows) == 150:
+                break
+    sample = tmp_path / "leaderboard.jsonl"
+    sample.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    data = tmp_path / "data"
+    assert main(["prepare", str(sample), str(html), str(api), "--out", str(data), "--min-count", "5",
+                 "--labels-json", str(tmp_path / "labels.json"), "--valid-frac", "0.2", "--test-frac", "0.2"]) == 0
+    report = json.loads((data / "report.json").read_text())
+    assert report["problem"] == "multi-label"
+    prepared = {r["id"]: r for name in ("train", "valid", "test") for r in read_jsonl(data / f"{name}.jsonl")}
+    mobilenet, gan = prepared["searching-for-mobilenetv3"], prepared["generative-adversarial-networks"]
+    assert {"Image Classification", "Object Detection"} <= set(mobilenet["labels"]) <= set(MOBILENET_TASKS)
+    assert "Image Generation" in gan["labels"]
+    counts = report["label_frequency"]["Image Classification"]
+    assert sum(counts.values()) == 1 + sum("Image Classification" in r["tasks"] for r in rows)
