@@ -96,12 +96,13 @@ def explain(predictor, text: str, labels: list[str] | None = None, threshold: fl
     "sentences": [contribution per sentence], "words": [contribution per word]}], "words": [{"start",
     "end", "text", "sentence"}] (with `words`)}. Offsets index the whitespace-normalized text, also
     returned as "text". With nothing predicted, the best-scoring label is explained."""
+    asked = label_index(predictor, labels or [])
     text = normalize_whitespace(text)
     spans = _grouped(sentence_spans(text), MAX_UNITS)
     full, without = _occlude(predictor, text, spans)
     chosen = predictor.decide(full[None, :], threshold)[0]
     wanted = [int(i) for i in np.argsort(-full) if chosen[i]] or [int(np.argmax(full))]
-    wanted += [i for i in label_index(predictor, labels or []) if i not in wanted]
+    wanted += [i for i in asked if i not in wanted]
     effect = full[None, wanted] - without[:, wanted]  # (S, explained labels)
     result = {"text": text, "sentences": [{"start": s, "end": e, "text": text[s:e]} for s, e in spans]}
     explained = [{"label": predictor.labels[i], "probability": round(float(full[i]), DIGITS),
@@ -112,8 +113,9 @@ def explain(predictor, text: str, labels: list[str] | None = None, threshold: fl
         word_spans = [(m.start() + spans[s][0], m.end() + spans[s][0], int(s))
                       for s in sorted(int(t) for t in top)
                       for m in _WORD.finditer(text[spans[s][0]:spans[s][1]])][:MAX_WORDS]
-        _, without_word = _occlude(predictor, text, [(s, e) for s, e, _ in word_spans])
-        word_effect = full[None, wanted] - without_word[:, wanted]
+        # against the whole text scored in the same run: int8 activations are quantized per batch
+        full_again, without_word = _occlude(predictor, text, [(s, e) for s, e, _ in word_spans])
+        word_effect = full_again[None, wanted] - without_word[:, wanted]
         result["words"] = [{"start": s, "end": e, "text": text[s:e], "sentence": k} for s, e, k in word_spans]
         for k, entry in enumerate(explained):
             entry["words"] = [round(float(d), DIGITS) for d in word_effect[:, k]]
