@@ -15,6 +15,7 @@ the checkout, else from deployment/examples.json, and the models are built or sh
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import itertools
 import json
@@ -135,7 +136,9 @@ def smoke_run(name: str, base: str, precision: str, args, data: Path, work: Path
               "steps": epochs * (n_train // args.batch_size)}
     model_dir, bundle = work / f"{name}-{precision}", work / f"{name}-{precision}-bundle"
     cuda = args.device.startswith("cuda")
-    if cuda:
+    if cuda:  # the previous run's learner is gone: count this run's memory alone
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     try:
         t0 = time.perf_counter()

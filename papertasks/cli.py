@@ -90,9 +90,9 @@ def _learner_options(p) -> None:
     p.add_argument("--max-train", type=int, help="use at most this many training rows (seeded sample)")
     p.add_argument("--max-valid", type=int, help="use at most this many validation rows")
     p.add_argument("--weight-decay", type=float)
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (None: cuda when torch sees a GPU, else cpu)")
     p.add_argument("--precision", choices=PRECISIONS,
-                   help="mixed precision (default: fp16 on a GPU, fp32 on a CPU; bf16 on GPUs that have it, or CPUs)")
+                   help="mixed precision (None: fp16 on a GPU, fp32 on a CPU; bf16 runs on recent GPUs and on CPUs)")
     p.add_argument("--seed", type=int)
 
 
@@ -107,7 +107,7 @@ def _evaluate(args):
 
     report = evaluate_bundle(args.model, args.data, args.out, batch_size=args.batch_size,
                              min_positives=args.min_positives)
-    if not args.no_update:
+    if args.update_bundle:
         from export.bundle import record_evaluation
 
         record_evaluation(args.model, report["thresholds"], bundle_metrics(report),
@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--min-positives", type=int,
                    help="labels with fewer validation positives use the global threshold")
-    p.add_argument("--no-update", action="store_true", help="do not write thresholds and metrics into the bundle")
+    p.add_argument("--update-bundle", action="store_true",
+                   help="record the tuned thresholds and the metrics in the bundle (thresholds.json, metrics.json, model "
+                        "card, manifest) and in json_files/; without it only --out is written")
     p.add_argument("--labels-json",
                    help="thresholds.json is written beside this vocabulary (default: json_files/<name of --data>/)")
     use_defaults(p, evaluate_bundle)

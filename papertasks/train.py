@@ -149,7 +149,7 @@ def _checkpointer_class():
                 self.state.setdefault("stopped_early", {})[self.phase] = self.epoch
             write_json(self.state_path, self.state)
             if stop:
-                log.info("%s phase stopped after epoch %d: %d epochs without a lower validation loss",
+                log.info("%s phase stopped after epoch %d: no lower validation loss for %d epoch(s)",
                          self.phase, self.epoch, self.patience)
                 raise CancelFitException
 
@@ -260,14 +260,18 @@ def _fit(cfg: TrainConfig, out: Path, state_path: Path, state: dict | None) -> P
         try:
             learn.fit_one_cycle(n_epochs, lr, cbs=[Checkpointer(state_path, phase, done, state, cfg.patience)])
         except torch.cuda.OutOfMemoryError:
-            raise UserError(f"the GPU ran out of memory at --batch-size {cfg.batch_size} --max-length "
-                            f"{cfg.max_length}: lower one of them") from None
+            raise _out_of_memory(cfg) from None
     state["train_seconds"] = state.get("train_seconds", 0) + round(time.time() - t0, 1)
 
     learn.load("best", device=device, with_opt=False)
     save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out, problem)
     log.info("best epoch %s (valid loss %.4f); model saved to %s", state["best"], state["best_valid_loss"], out)
     return out
+
+
+def _out_of_memory(cfg: TrainConfig) -> UserError:
+    return UserError(f"the GPU ran out of memory at --batch-size {cfg.batch_size} --max-length {cfg.max_length}: "
+                     "lower one of them")
 
 
 LR_SUGGESTIONS = ("valley", "slide", "minimum", "steep")  # fastai's; valley is its default
@@ -280,6 +284,7 @@ def find_lr(cfg: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_
     import tempfile
 
     import matplotlib.pyplot as plt
+    import torch
     from fastai.callback.schedule import SuggestionMethod
 
     cfg = run_config(cfg)
@@ -289,7 +294,9 @@ def find_lr(cfg: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, num_
         methods = [getattr(SuggestionMethod, name.capitalize()) for name in LR_SUGGESTIONS]
         try:
             found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it, suggest_funcs=methods)
-        except (IndexError, RuntimeError, ValueError):  # fastai's suggestions need a few batches past the first tenth
+        except torch.cuda.OutOfMemoryError:
+            raise _out_of_memory(cfg) from None
+        except (IndexError, ValueError):  # fastai's suggestions need 16 batches past the first tenth and last 5
             raise UserError(f"lr-find stopped after {len(learn.recorder.losses)} batches, too few to suggest a "
                             "rate; raise --num-it or lower --end-lr") from None
     suggestions = {name: float(lr) for name, lr in zip(LR_SUGGESTIONS, found)}
@@ -307,7 +314,6 @@ def cross_validate_training(cfg: TrainConfig, folds: int) -> dict:
     held-out fold stays unseen), and scores the held-out rows with it in torch, on the windows the
     predictor builds. The fold models are thrown away; cv.json and cv.md go to --out."""
     import tempfile
-    from dataclasses import replace
 
     from papertasks.kfold import cross_validate
     from papertasks.modeling import load_trained, torch_probs
