@@ -205,7 +205,10 @@ def parse_args(argv=None):
     if args.precisions is None:
         import torch
 
-        args.precisions = (["fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])) if cuda else ["bf16", "fp32"]
+        if cuda:
+            args.precisions = ["fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() else [])
+        else:
+            args.precisions = ["bf16", "fp32"]
     for name, on_gpu, on_cpu in (("steps", 300, 2), ("rows", 3000, 96), ("max_length", 256, 64),
                                  ("batch_size", 32, 16)):
         if getattr(args, name) is None:
@@ -214,7 +217,13 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    from papertasks.errors import UserError
+
+    try:
+        args = parse_args(argv)
+    except UserError as e:  # --device cuda on a machine without one, say
+        print(f"gpu_smoke: error: {e}", file=sys.stderr)
+        return 2
     from papertasks.paths import offline_base_model
 
     rows, source = read_rows(args.rows)

@@ -181,8 +181,8 @@ def test_bf16_autocasts_on_a_cpu_and_keeps_fp32_weights(tiny_encoders, tiny_data
         def after_pred(self):
             self.seen = self.pred.dtype
 
-    cfg = run_config(TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"), base_model=str(tiny_encoders["roberta"]),
-                                 precision="bf16", **TINY))
+    cfg = run_config(TrainConfig(data=str(tiny_data), out=str(tmp_path / "run"),
+                                 base_model=str(tiny_encoders["roberta"]), precision="bf16", **TINY))
     learn, *_ = build_learner(cfg, tmp_path / "run")
     spy = PredictionDtype()
     learn.fit(1, 1e-3, cbs=[spy])
