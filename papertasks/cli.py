@@ -107,7 +107,7 @@ def _evaluate(args):
 
     report = evaluate_bundle(args.model, args.data, args.out, batch_size=args.batch_size,
                              min_positives=args.min_positives)
-    if not args.no_update:
+    if args.update_bundle:
         from export.bundle import record_evaluation
 
         record_evaluation(args.model, report["thresholds"], bundle_metrics(report),
@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--min-positives", type=int,
                    help="labels with fewer validation positives use the global threshold")
-    p.add_argument("--no-update", action="store_true", help="do not write thresholds and metrics into the bundle")
+    p.add_argument("--update-bundle", action="store_true",
+                   help="record the tuned thresholds and the metrics in the bundle (thresholds.json, metrics.json, model "
+                        "card, manifest) and in json_files/; without it only --out is written")
     p.add_argument("--labels-json",
                    help="thresholds.json is written beside this vocabulary (default: json_files/<name of --data>/)")
     use_defaults(p, evaluate_bundle)

@@ -76,7 +76,7 @@ def tiny_pwc_bundle(tmp_path_factory) -> Path:
               ("export", "--model", model, "--data", data, "--out", bundle, "--parity-texts", "16",
                "--max-prob-diff", "0.5", "--min-same-set", "0"),
               ("evaluate", "--model", bundle, "--data", data, "--out", work / "report",
-               "--labels-json", work / "labels.json")]
+               "--update-bundle", "--labels-json", work / "labels.json")]
     for stage in stages:
         result = run_cli(*stage)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -242,7 +242,7 @@ def test_evaluate_refreshes_the_manifest(tiny_bundle, tiny_data, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     assert main(["evaluate", "--model", str(bundle), "--data", str(tiny_data), "--out", str(tmp_path / "report"),
-                 "--min-positives", "3", "--labels-json", str(tmp_path / "json_files" / "labels.json")]) == 0
+                 "--min-positives", "3", "--update-bundle", "--labels-json", str(tmp_path / "json_files" / "labels.json")]) == 0
     assert "metrics.json" in read_manifest(bundle)["files"]
     assert Predictor(bundle).integrity.startswith("verified")  # thresholds.json changed, the manifest with it
 
@@ -465,3 +465,14 @@ def test_arxiv_codes_travel_with_their_names(tiny_bundle, tmp_path):
     (copy / "label_names.json").write_text(json.dumps({**names, "cs.CV": "Something Else"}))
     with pytest.raises(BundleError, match="files do not match manifest.json \\(label_names.json has"):
         Predictor(copy)
+
+
+def test_policy_global_uses_the_bundles_one_threshold(api, predictor):
+    """The API's `policy` is the predictor's: `global` gives what the bundle's global threshold gives."""
+    expected = predictor.predict(EXAMPLES[:2], policy="global")
+    body = api.post("/predict", json={"text": EXAMPLES[0], "policy": "global"}).json()
+    assert body["labels"] == expected[0]["labels"]
+    body = api.post("/predict/batch", json={"items": EXAMPLES[:2], "policy": "global"}).json()
+    assert [x["labels"] for x in body["results"]] == [e["labels"] for e in expected]
+    r = api.post("/predict", json={"text": EXAMPLES[0], "policy": "best"})
+    assert r.status_code == 422 and "policy" in r.text

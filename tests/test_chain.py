@@ -23,7 +23,7 @@ def test_prepare_train_export_predict_app(arxiv_file, tmp_path):
     _ok(run_cli("export", "--model", model, "--data", data, "--out", bundle, "--parity-texts", "8",
                 "--max-prob-diff", "0.5", "--min-same-set", "0"))
     _ok(run_cli("evaluate", "--model", bundle, "--data", data, "--out", tmp_path / "report",
-                "--labels-json", tmp_path / "json_files" / "labels.json", "--min-positives", "3"))
+                "--labels-json", tmp_path / "json_files" / "labels.json", "--min-positives", "3", "--update-bundle"))
     assert (tmp_path / "json_files" / "thresholds.json").is_file()
 
     papers = [json.loads(line) for line in open(data / "test.jsonl")][:10]

@@ -97,7 +97,7 @@ def test_evaluate_bundle_writes_thresholds_metrics_and_card(tiny_bundle, tiny_da
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     assert main(["evaluate", "--model", str(bundle), "--data", str(tiny_data), "--out", str(tmp_path / "report"),
-                 "--min-positives", "3", "--labels-json", str(tmp_path / "json_files" / "labels.json")]) == 0
+                 "--min-positives", "3", "--update-bundle", "--labels-json", str(tmp_path / "json_files" / "labels.json")]) == 0
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     thresholds = json.loads((bundle / "thresholds.json").read_text())
     assert thresholds == report["thresholds"]
@@ -178,7 +178,7 @@ def test_evaluate_single_label_bundle(tiny_pwc_bundle, tiny_data, tmp_path):
     shutil.copytree(tiny_pwc_bundle, bundle)
     data = tiny_pwc_bundle.parents[1] / "data"  # where the fixture prepared it
     assert main(["evaluate", "--model", str(bundle), "--data", str(data), "--out", str(tmp_path / "report"),
-                 "--labels-json", str(tmp_path / "json_files" / "labels.json")]) == 0
+                 "--update-bundle", "--labels-json", str(tmp_path / "json_files" / "labels.json")]) == 0
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert report["problem"] == "multi-class" and "accuracy" in report["test"]
     assert json.loads((bundle / "thresholds.json").read_text()) == TOP_CLASS_THRESHOLDS

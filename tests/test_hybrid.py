@@ -63,7 +63,7 @@ def test_hybrid_serves_the_mix_chosen_on_validation(hybrid_bundle, tiny_bundle):
 
 def test_evaluate_tunes_the_hybrids_thresholds(hybrid_bundle, tiny_data, tmp_path):
     assert main(["evaluate", "--model", str(hybrid_bundle), "--data", str(tiny_data), "--out", str(tmp_path / "r"),
-                 "--min-positives", "3", "--no-update"]) == 0
+                 "--min-positives", "3"]) == 0
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]["f1_micro"] > 0
 
 
