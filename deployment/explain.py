@@ -88,7 +88,7 @@ def label_index(predictor, labels) -> list[int]:
 
 
 def explain(predictor, text: str, labels: list[str] | None = None, threshold: float | None = None,
-            words: bool = False) -> dict:
+            words: bool = False, policy: str = "tuned") -> dict:
     """How much each sentence (and, with `words`, each word of the top sentences) raised or lowered
     the probability of each predicted label and of each label in `labels`.
 
@@ -100,7 +100,7 @@ def explain(predictor, text: str, labels: list[str] | None = None, threshold: fl
     text = normalize_whitespace(text)
     spans = _grouped(sentence_spans(text), MAX_UNITS)
     full, without = _occlude(predictor, text, spans)
-    chosen = predictor.decide(full[None, :], threshold)[0]
+    chosen = predictor.decide(full[None, :], threshold, policy)[0]
     wanted = [int(i) for i in np.argsort(-full) if chosen[i]] or [int(np.argmax(full))]
     wanted += [i for i in asked if i not in wanted]
     effect = full[None, wanted] - without[:, wanted]  # (S, explained labels)
@@ -124,12 +124,12 @@ def explain(predictor, text: str, labels: list[str] | None = None, threshold: fl
 
 
 def add_explanations(predictor, rows: list[dict], results: list[dict], threshold: float | None = None,
-                     progress=None) -> list[dict]:
+                     progress=None, policy: str = "tuned") -> list[dict]:
     """Each scored result of deployment.inputs.predict_rows (for its read_row `rows`) gets the
     `explanation` the API's `explain: true` answers; progress(done, total) after each row."""
     for done, (row, result) in enumerate(zip(rows, results), 1):
         if "error" not in result:
-            result["explanation"] = explain(predictor, row["text"], threshold=threshold)
+            result["explanation"] = explain(predictor, row["text"], threshold=threshold, policy=policy)
         if progress:
             progress(done, len(results))
     return results

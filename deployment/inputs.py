@@ -285,7 +285,7 @@ def read_batch_file(data: bytes, name: str, text_field: str | None = None, max_r
 
 def predict_rows(predictor, rows: list[dict], threshold: float | None = None, top_k: int | None = None,
                  chunk_rows: int = 64, progress: Callable[[int, int], None] | None = None, batch_size: int = 32,
-                 warnings: bool = True) -> list[dict]:
+                 warnings: bool = True, policy: str = "tuned") -> list[dict]:
     """Score read_row rows in chunks (calling progress(done, total) after each); each result is
     {'id', 'labels', 'scores', 'warnings'} ('warnings' only if asked) or
     {'id', 'labels': [], 'scores': {}, 'error'}, in input order."""
@@ -295,7 +295,7 @@ def predict_rows(predictor, rows: list[dict], threshold: float | None = None, to
         chunk = rows[start:start + chunk_rows]
         good = [r for r in chunk if not r.get("error")]
         predictions = iter(predictor.predict([r["text"] for r in good], threshold=threshold, top_k=top_k,
-                                             batch_size=batch_size))
+                                             batch_size=batch_size, policy=policy))
         for row in chunk:
             if row.get("error"):
                 results.append({"id": row["id"], "labels": [], "scores": {}, "error": row["error"]})

@@ -36,7 +36,7 @@ from deployment.feedback import FeedbackStore, StoreError, corrected_labels, rec
 from deployment.inputs import (MAX_FILE_BYTES, MAX_TEXT_CHARS, InputError, check_file_header, language_warnings,
                                predict_rows, read_row, results_to_csv, text_from)
 from deployment.manifest import bundle_fingerprint
-from deployment.predictor import BundleError, Predictor
+from deployment.predictor import POLICIES, BundleError, Predictor
 from deployment.registry import TOP_CLASSES, Registry, UnknownModelError
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ class PredictRequest(_Strict):
     threshold: float | None = Field(None, ge=0.0, le=1.0,
                                     description="one global threshold; default: the bundle's tuned per-label ones "
                                                 "(single-label models: the best class's minimum score)")
+    policy: Literal[POLICIES] = Field("tuned", description="tuned: the bundle's per-label thresholds and relative "
+                                      "cut, as validation chose them; global: its one tuned threshold for every "
+                                      "label (ignored when `threshold` is given)")
     top_k: int | None = Field(None, ge=1, description="return only the K best scores (default: all labels of a "
                                                       f"multi-label model, the {TOP_CLASSES} best classes of a "
                                                       "single-label one)")
@@ -113,6 +116,7 @@ class FeedbackRequest(_Strict):
     model: str | None = Field(None, description=MODEL_FIELD)
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="the threshold the prediction used "
                                                                       "(default: the tuned ones)")
+    policy: Literal[POLICIES] = Field("tuned", description="the policy the prediction used")
     wrong: Any = Field(None, description="predicted labels that are wrong", examples=[["cs.AI"]])
     missing: Any = Field(None, description="labels the model should have predicted", examples=[["cs.CL"]])
 
@@ -132,6 +136,9 @@ class BatchRequest(_Strict):
                                            "are scored")
     model: str | None = Field(None, description=MODEL_FIELD)
     threshold: float | None = Field(None, ge=0.0, le=1.0)
+    policy: Literal[POLICIES] = Field("tuned", description="tuned: the bundle's per-label thresholds and relative "
+                                      "cut, as validation chose them; global: its one tuned threshold for every "
+                                      "label (ignored when `threshold` is given)")
     top_k: int | None = Field(None, ge=1)
 
 
@@ -377,11 +384,12 @@ def create_app(model_dir: str, **settings) -> FastAPI:
     def predict(body: PredictRequest) -> dict:
         text = text_from(body.text, body.title, body.abstract)
         name, predictor = _model(body.model)
-        result = predictor.predict([text], threshold=body.threshold, top_k=_top_k(predictor, body.top_k))[0]
+        result = predictor.predict([text], threshold=body.threshold, top_k=_top_k(predictor, body.top_k),
+                                   policy=body.policy)[0]
         answer = {"model": name, **result, "warnings": language_warnings(text)}
         if body.explain:
             answer["explanation"] = explain(predictor, text, labels=body.explain_labels, threshold=body.threshold,
-                                            words=body.explain_words)
+                                            words=body.explain_words, policy=body.policy)
             for entry in answer["explanation"]["labels"]:
                 entry["name"] = predictor.label_names.get(entry["label"])
         named = {lab: predictor.label_names[lab] for lab in result["scores"] if lab in predictor.label_names}
@@ -395,7 +403,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
     def feedback(body: FeedbackRequest) -> dict:
         text = text_from(body.text, body.title, body.abstract)
         name, predictor = _model(body.model)
-        prediction = predictor.predict([text], threshold=body.threshold)[0]
+        prediction = predictor.predict([text], threshold=body.threshold, policy=body.policy)[0]
         corrected = corrected_labels(predictor.labels, prediction["labels"], body.wrong, body.missing)
         entry = record(predictor, name, text, prediction, corrected, paper_id=body.id)
         try:
@@ -417,7 +425,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         rows = [read_row({"text": item} if isinstance(item, str) else item.model_dump(exclude_unset=True), i)
                 for i, item in enumerate(body.items)]
         results = predict_rows(predictor, rows, threshold=body.threshold, top_k=_top_k(predictor, body.top_k),
-                               chunk_rows=len(rows))
+                               chunk_rows=len(rows), policy=body.policy)
         return {"model": name, "count": len(results), "errors": sum("error" in r for r in results), "results": results}
 
     @app.get("/models", response_model=ModelList, tags=["model"], summary="The models served, in the picker's order")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from deployment.explain import add_explanations
 from deployment.inputs import InputError, check_text_columns, json_object_line, predict_rows, read_row
-from deployment.predictor import BundleError, Predictor
+from deployment.predictor import POLICIES, BundleError, Predictor
 from papertasks.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -85,25 +85,27 @@ def _init_worker(model_dir: str, threads: int | None) -> None:
 
 def _score_chunk(job: tuple) -> list[str]:
     """Output lines for one chunk of input rows, in input order."""
-    first_index, rows, text_field, top_k, threshold, batch_size, explain = job
+    first_index, rows, text_field, top_k, threshold, policy, batch_size, explain = job
     rows = [read_row(row, first_index + i, text_field) for i, row in enumerate(rows)]
     results = predict_rows(_predictor, rows, threshold=threshold, top_k=top_k, chunk_rows=max(len(rows), 1),
-                           batch_size=batch_size, warnings=False)
+                           batch_size=batch_size, warnings=False, policy=policy)
     if explain:
-        add_explanations(_predictor, rows, results, threshold)
+        add_explanations(_predictor, rows, results, threshold, policy=policy)
     return [json.dumps(record, ensure_ascii=False) + "\n" for record in results]
 
 
-def check_threshold(threshold: float | None) -> None:
+def check_threshold(threshold: float | None, policy: str = "tuned") -> None:
     if threshold is not None and not 0 <= threshold <= 1:  # the API's bounds
         raise UserError(f"--threshold {threshold}: give a probability between 0 and 1")
+    if policy not in POLICIES:
+        raise UserError(f"--policy {policy}: use one of {', '.join(POLICIES)}")
 
 
-def _run_fingerprint(src: Path, model_dir: str, text_field, top_k, threshold, explain) -> dict:
+def _run_fingerprint(src: Path, model_dir: str, text_field, top_k, threshold, policy, explain) -> dict:
     stat = src.stat()
     return {"input": str(src.resolve()), "size": stat.st_size, "mtime": stat.st_mtime,
             "model": str(Path(model_dir).resolve()), "text_field": text_field, "top_k": top_k, "threshold": threshold,
-            "explain": explain}
+            "policy": policy, "explain": explain}
 
 
 def _resume_point(partial: Path, state: Path, fingerprint: dict) -> int:
@@ -121,9 +123,10 @@ def _resume_point(partial: Path, state: Path, fingerprint: dict) -> int:
 
 def predict_file(input: str, output: str, model_dir: str, batch_size: int = 32, text_field: str | None = None,
                  top_k: int | None = None, workers: int = 1, threshold: float | None = None,
-                 explain: bool = False) -> int:
+                 explain: bool = False, policy: str = "tuned") -> int:
     """Stream `input` through the predictor into `output` (JSONL); `threshold`: one for every label
-    instead of the bundle's tuned ones (as the API's `threshold` and the app's slider); `explain`:
+    instead of the bundle's tuned ones (as the API's `threshold` and the app's slider); `policy`:
+    the bundle's tuned thresholds or its global one (deployment.predictor.POLICIES); `explain`:
     each line gets the `explanation` the API's `explain: true` answers (deployment/explain.py).
 
     Lines go to `OUTPUT.partial` as each chunk is scored; the finished file is renamed to `output`,
@@ -141,21 +144,21 @@ def predict_file(input: str, output: str, model_dir: str, batch_size: int = 32, 
         raise UserError(f"{src}: no such file")
     if workers < 1:
         raise UserError("--workers must be at least 1")
-    check_threshold(threshold)
+    check_threshold(threshold, policy)
     try:
         Predictor(model_dir)  # fail fast, in this process, on a bad bundle
     except BundleError as e:
         raise UserError(str(e)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     partial, state = out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.json")
-    fingerprint = _run_fingerprint(src, model_dir, text_field, top_k, threshold, explain)
+    fingerprint = _run_fingerprint(src, model_dir, text_field, top_k, threshold, policy, explain)
     done = _resume_point(partial, state, fingerprint)
     if done:
         log.info("resuming after %d predictions already in %s", done, partial)
     state.write_text(json.dumps(fingerprint))
 
     rows = itertools.islice(iter_rows(src, text_field), done, None)
-    jobs = ((done + n * CHUNK_ROWS, chunk, text_field, top_k, threshold, batch_size, explain)
+    jobs = ((done + n * CHUNK_ROWS, chunk, text_field, top_k, threshold, policy, batch_size, explain)
             for n, chunk in enumerate(_chunks(rows, CHUNK_ROWS)))
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (model_dir, threads)) if workers > 1 else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from deployment.predictor import POLICIES
 from papertasks.cli_support import use_defaults
 from papertasks.errors import UserError
 from papertasks.paths import DEFAULT_BUNDLE, DEFAULT_MODELS_DIR
@@ -11,6 +12,8 @@ from papertasks.paths import DEFAULT_BUNDLE, DEFAULT_MODELS_DIR
 
 THRESHOLD_HELP = ("one threshold for every label, as the API's `threshold` (default: the bundle's tuned "
                   "thresholds, its thresholds.json)")
+POLICY_HELP = ("tuned: the bundle's per-label thresholds and relative cut, as validation chose them; global: its "
+               "one tuned threshold for every label (the API's `policy`, the app's checkbox)")
 
 
 def _predict(args):
@@ -18,7 +21,7 @@ def _predict(args):
 
     predict_file(args.input, args.output, model_dir=args.model, batch_size=args.batch_size,
                  text_field=args.text_field, top_k=args.top_k, workers=args.workers, threshold=args.threshold,
-                 explain=args.explain)
+                 explain=args.explain, policy=args.policy)
 
 
 def _predict_dask(args):
@@ -26,7 +29,7 @@ def _predict_dask(args):
 
     predict_with_dask(args.inputs, args.output, args.model, scheduler=args.scheduler, blocksize=args.blocksize,
                       top_k=args.top_k, batch_size=args.batch_size, local_workers=args.local_workers,
-                      threshold=args.threshold)
+                      threshold=args.threshold, policy=args.policy)
 
 
 def _feedback_export(args):
@@ -82,6 +85,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, help="keep only the K best scores per line")
     p.add_argument("--workers", type=int, help="processes scoring chunks in parallel (order kept)")
     p.add_argument("--threshold", type=float, help=THRESHOLD_HELP)
+    p.add_argument("--policy", choices=POLICIES, help=POLICY_HELP)
     p.add_argument("--explain", action="store_true",
                    help="add each row's `explanation`: how much each sentence raised or lowered each predicted "
                         "label (about 0.6 s a paper on 2 cores)")
@@ -99,6 +103,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--top-k", type=int)
     p.add_argument("--threshold", type=float, help=THRESHOLD_HELP)
+    p.add_argument("--policy", choices=POLICIES, help=POLICY_HELP)
     use_defaults(p, predict_with_dask)
     p.set_defaults(func=_predict_dask)
 

@@ -54,7 +54,7 @@ def partition_starts(shapes: list[tuple[str | None, int, int]]) -> list[tuple[in
 
 
 def score_lines(lines: list[tuple[str, str]], first_line: int, first_index: int, model_dir: str,
-                top_k: int | None, batch_size: int, threshold: float | None = None) -> list[str]:
+                top_k: int | None, batch_size: int, threshold: float | None = None, policy: str = "tuned") -> list[str]:
     """One partition of (JSONL line, file) pairs -> its output (lines as `papertasks predict` writes
     them), as one string, or nothing for a partition without rows (its part file stays empty); each
     row is read by deployment.inputs.read_row, its id defaulting to its position in the input."""
@@ -65,13 +65,14 @@ def score_lines(lines: list[tuple[str, str]], first_line: int, first_index: int,
         if line.strip():
             rows.append(read_row(json_object_line(line, f"{path}:{first_line + n}"), first_index + len(rows)))
     results = predict_rows(_predictor(model_dir), rows, threshold=threshold, top_k=top_k, chunk_rows=max(len(rows), 1),
-                           batch_size=batch_size, warnings=False)
+                           batch_size=batch_size, warnings=False, policy=policy)
     return ["".join(json.dumps(record, ensure_ascii=False) + "\n" for record in results)] if results else []
 
 
 def predict_with_dask(inputs: str, output_dir: str, model_dir: str, scheduler: str | None = None,
                       blocksize: str = "16MiB", top_k: int | None = None, batch_size: int = 32,
-                      local_workers: int | None = None, threshold: float | None = None) -> list[str]:
+                      local_workers: int | None = None, threshold: float | None = None,
+                      policy: str = "tuned") -> list[str]:
     import dask
     import dask.bag as db
     from dask.distributed import Client, LocalCluster
@@ -81,7 +82,7 @@ def predict_with_dask(inputs: str, output_dir: str, model_dir: str, scheduler: s
 
     from serving.batch import check_threshold
 
-    check_threshold(threshold)
+    check_threshold(threshold, policy)
     model_dir = str(Path(model_dir).resolve())
     try:
         _predictor(model_dir)
@@ -106,7 +107,7 @@ def predict_with_dask(inputs: str, output_dir: str, model_dir: str, scheduler: s
             # the input (its id when it has none) and a malformed line its file:line
             starts = partition_starts(dask.compute(*[dask.delayed(partition_shape)(part) for part in parts]))
             scored = db.from_delayed([dask.delayed(score_lines)(part, first_line, first_index, model_dir, top_k,
-                                                                batch_size, threshold)
+                                                                batch_size, threshold, policy)
                                       for part, (first_line, first_index) in zip(parts, starts)])
             written = scored.to_textfiles(str(staging / "part-*.jsonl"), name_function=lambda i: f"{i:05d}")
     except InputError as e:  # a malformed line: keep nothing

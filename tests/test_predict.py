@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from conftest import assert_clean_error, run_cli, write_jsonl
-from deployment.predictor import Predictor, compose_text
+from deployment.predictor import Predictor, compose_text, tuned_decisions
 
 
 def test_predict_jsonl_keeps_ids_and_order(tiny_bundle, tiny_data, tmp_path):
@@ -33,6 +34,40 @@ def test_predict_csv_with_title_and_abstract(tiny_bundle, tmp_path):
     assert [o["id"] for o in out] == [0, 1]
     direct = Predictor(tiny_bundle).predict([compose_text(t, a) for t, a in zip(frame.title, frame.abstract)])
     assert [o["scores"] for o in out] == [d["scores"] for d in direct]
+
+
+def test_policy_picks_the_bundles_tuned_or_global_thresholds(tiny_bundle, tmp_path):
+    """Tuned thresholds that no score reaches and a global one every score passes: `--policy` decides."""
+    import shutil
+
+    from export.bundle import record_evaluation
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    labels = Predictor(bundle).labels
+    metrics = json.loads((bundle / "metrics.json").read_text()) if (bundle / "metrics.json").is_file() else {}
+    record_evaluation(bundle, {"global": 0.0, "per_label": dict.fromkeys(labels, 1.01), "relative_to_top": 0.0}, metrics)
+    predictor = Predictor(bundle)
+    text = "Vision transformers for object detection. We detect objects in images."
+    assert predictor.predict([text])[0]["labels"] == []
+    assert sorted(predictor.predict([text], policy="global")[0]["labels"]) == sorted(labels)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": text}])
+    for policy, expected in (("tuned", 0), ("global", len(labels))):
+        out = tmp_path / f"{policy}.jsonl"
+        result = run_cli("predict", src, "-o", out, "--model", bundle, "--policy", policy)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert len(json.loads(out.read_text())["labels"]) == expected
+    assert_clean_error(run_cli("predict", src, "-o", tmp_path / "x.jsonl", "--model", bundle, "--policy", "best"),
+                       "predict", "invalid choice: 'best'")
+
+
+def test_relative_cut_drops_labels_far_below_the_papers_best(tiny_bundle):
+    predictor = Predictor(tiny_bundle)
+    probs = np.array([[0.9, 0.3, 0.2], [0.25, 0.2, 0.1]], dtype=np.float32)
+    cut = np.full(3, 0.15, dtype=np.float32)
+    assert tuned_decisions(probs, cut).tolist() == [[True, True, True], [True, True, False]]
+    assert tuned_decisions(probs, cut, 0.3).tolist() == [[True, True, False], [True, True, False]]
+    assert predictor.relative_to_top == json.loads((tiny_bundle / "thresholds.json").read_text()).get("relative_to_top", 0.0)
 
 
 def test_batching_and_padding_do_not_change_scores(tiny_bundle, tiny_model):
