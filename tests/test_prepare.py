@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -144,3 +145,25 @@ def test_bad_input_is_one_clean_line_and_writes_nothing(case, arxiv_rows, tmp_pa
     assert_clean_error(run_cli(*args), "prepare", expect)
     assert not out.exists() or not any(out.iterdir())
     assert not (tmp_path / "vocab.json").exists()
+
+
+def test_papers_with_code_leaderboard_file_as_it_is(tmp_path):
+    """The multi-label Papers with Code file read as it is: `tasks` the labels, `arxiv_id` the id,
+    `yymm` the time split; rows whose tasks are all pruned are counted, and the arithmetic adds up."""
+    from conftest import PWC_LEADERBOARD
+
+    out = tmp_path / "pwc"
+    result = run_cli("prepare", require(PWC_LEADERBOARD), "--out", out, "--min-count", "16", "--split-by", "yymm",
+                     "--test-from", "2022-01", "--labels-json", tmp_path / "labels.json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["problem"] == "multi-label" and 120 <= report["labels_after"] <= 170
+    rows = {name: [json.loads(line) for line in open(out / f"{name}.jsonl")] for name in ("train", "valid", "test")}
+    assert all(r["date"] >= "2022-01" for r in rows["test"])
+    assert all(r["date"] < "2022-01" for r in rows["train"] + rows["valid"])
+    assert all(re.fullmatch(r"\d{4}\.\d{4,5}|[a-z\-]+(\.[A-Z]{2})?/\d{7}", str(r["id"])) for r in rows["test"][:50])
+    kept = sum(map(len, rows.values()))
+    assert report["rows_dropped_no_label_left"] == report["rows_before_pruning"] - kept > 0
+    assert "rows left with no label after pruning (dropped): " in (out / "report.md").read_text()
+    assert (out / "label_frequency.png").stat().st_size > 1000
+    assert sum(len(r["labels"]) > 1 for r in rows["train"]) > 500  # several tasks a paper
