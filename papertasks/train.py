@@ -32,7 +32,7 @@ import numpy as np
 from papertasks.data import PROBLEMS, detect_problem, label_matrix, read_labels, read_problem, read_split, write_jsonl
 from papertasks.errors import UserError
 from papertasks.io import read_json, write_json
-from papertasks.paths import OFFLINE_BASE_NAME, offline_base_model
+from papertasks.paths import OFFLINE_BASE_NAME, resolve_base_model
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,8 @@ def _checkpointer_class():
 def run_config(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with the device and precision it runs on, checked before anything is loaded or written."""
     device = training_device(cfg.device)
-    return replace(cfg, device=str(device), precision=training_precision(cfg.precision, device))
+    return replace(cfg, device=str(device), precision=training_precision(cfg.precision, device),
+                   base_model=resolve_base_model(cfg.base_model))
 
 
 def build_learner(cfg: TrainConfig, path: Path):
@@ -190,7 +191,7 @@ def build_learner(cfg: TrainConfig, path: Path):
 
     warnings.filterwarnings("ignore", category=UndefinedMetricWarning)  # rare labels absent from a batch
     set_seed(cfg.seed, reproducible=True)
-    base = cfg.base_model or offline_base_model()
+    base = cfg.base_model
     tokenizer, hf_model = load_base(base, labels, problem)
     if cfg.max_length > longest_window(tokenizer, hf_model):
         raise UserError(f"--max-length {cfg.max_length}: '{base}' takes at most "
@@ -220,7 +221,7 @@ def train(cfg: TrainConfig) -> Path:
     leaves no folder behind; a later failure keeps the checkpoints for --resume."""
     cfg = run_config(cfg)
     out = Path(cfg.out)
-    base = cfg.base_model or offline_base_model()
+    base = cfg.base_model
     state_path = out / "checkpoints" / "state.json"
     if cfg.resume:
         if not state_path.is_file():
@@ -243,7 +244,7 @@ def _fit(cfg: TrainConfig, out: Path, state_path: Path, state: dict | None) -> P
     learn, tokenizer, labels, problem = build_learner(cfg, out)
     device = torch.device(cfg.device)
     if state is None:
-        state = {"labels": labels, "base_model": cfg.base_model or offline_base_model(), "config": asdict(cfg),
+        state = {"labels": labels, "base_model": cfg.base_model, "config": asdict(cfg),
                  "done": {}, "best_valid_loss": float("inf"), "best": None, "history": []}
     else:
         learn.load("last", with_opt=True, device=device)

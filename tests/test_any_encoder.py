@@ -276,3 +276,28 @@ def test_the_cli_refuses_fp16_on_a_cpu_and_cuda_where_there_is_none(tiny_data, t
         assert_clean_error(result, "lr-find", "sees no CUDA GPU here")
     assert not (tmp_path / "run").exists()
 
+
+
+def test_default_base_model_is_distilroberta_where_the_hub_answers(monkeypatch):
+    """distilroberta-base, the original project's model, when the hub answers; the offline MiniLM when
+    it does not; MiniLM named by its hub id is read from its wheel, so the model card's command works offline."""
+    import requests
+
+    from papertasks import paths
+
+    class Answer:
+        ok = True
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(requests, "head", lambda *a, **k: Answer())
+    assert paths.resolve_base_model(None) == "distilroberta-base"
+
+    def unreachable(*args, **kwargs):
+        raise requests.ConnectionError("no route to host")
+
+    monkeypatch.setattr(requests, "head", unreachable)
+    assert paths.resolve_base_model(None) == paths.offline_base_model()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert paths.resolve_base_model(None) == paths.offline_base_model()
+    assert paths.resolve_base_model(paths.OFFLINE_BASE_NAME) == paths.offline_base_model()
+    assert paths.resolve_base_model("roberta-base") == "roberta-base"
