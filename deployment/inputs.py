@@ -11,11 +11,15 @@ Limits (documented in the README):
 - a row's text is its `text` field (or the field named by text_field), else `title` + `abstract`;
   it must be a string (null counts as empty) with at least one non-space character, no NUL and at
   most MAX_TEXT_CHARS characters after whitespace normalization; an abstract has far fewer;
-- a row whose text breaks a rule (fields missing, not a string, empty, too long, NUL) gets an
-  `error` and no labels; the other rows are still scored, in input order;
+- a row whose text breaks a rule (fields missing, not a string, empty, too long, NUL, a lone UTF-16
+  surrogate such as JSON's "\\ud800"), whose id holds a lone surrogate, or a CSV/TSV line with more cells
+  than its header (an unquoted comma: its columns would be shifted) gets an `error` and no labels; the
+  other rows are still scored, in input order;
 - an uploaded file must be UTF-8 CSV/TSV or JSON Lines (or a JSON array of objects), at most
   MAX_FILE_BYTES bytes and MAX_FILE_ROWS rows; a CSV/TSV header without the text columns, or a
-  malformed line, fails the whole file;
+  line that cannot be parsed at all, fails the whole file;
+- CSV written back (results_to_csv) escapes cells that a spreadsheet would run as a formula
+  (starting with = + - @, tab or carriage return) with a leading single quote;
 - the model was trained on English abstracts: text that is mostly in another script, or Latin-script
   text with almost no English function words, is still scored but gets a warning.
 """
@@ -27,7 +31,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 try:  # imported as part of the papertasks package, or as a sibling module in the Space
     from .predictor import compose_text, normalize_whitespace
@@ -48,6 +52,24 @@ other our over same several show shows such than that the their them then there 
 to two under up use used using very was we well were what when where which while who with within without would
 """.split())
 _WORD = re.compile(r"[a-z]+")
+# A lone UTF-16 surrogate: JSON can carry one ("\ud800"), but it is no character: UTF-8 cannot encode
+# it and the tokenizer refuses it, so one such row would stop a whole run.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs such a cell (CSV formula injection)
+
+
+class MalformedRow(dict):
+    """A row whose line could not be read into its columns (a CSV line with more cells than its
+    header): read_row gives it `problem` as its error instead of scoring shifted columns."""
+
+    def __init__(self, cells: dict, problem: str):
+        super().__init__(cells)
+        self.problem = problem
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates replaced by U+FFFD, so a message about it can be written as UTF-8."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 class InputError(ValueError):
@@ -80,7 +102,14 @@ def _field_text(value, field: str) -> str:
         raise InputError(f"{field} is {_kind(value)}, not a string; send a paper's title and abstract as text")
     if "\x00" in value:
         raise InputError(f"{field} contains a NUL character (U+0000); remove it")
+    if _SURROGATE.search(value):
+        raise InputError(_surrogate_message(field))
     return value
+
+
+def _surrogate_message(field: str) -> str:
+    return (f"{field} contains a lone UTF-16 surrogate (such as \\ud800 in JSON), which is not a character; "
+            "remove it or send the whole character")
 
 
 def _row_text(row: dict, text_field: str | None = None) -> str:
@@ -118,6 +147,11 @@ def read_row(row: dict, index: int, text_field: str | None = None) -> dict:
     (from 0), its id when it has none."""
     record = {"id": _row_id(row, index)}
     try:
+        if isinstance(record["id"], str) and _SURROGATE.search(record["id"]):
+            record["id"] = index  # it could not be written back
+            raise InputError(_surrogate_message("the id"))
+        if isinstance(row, MalformedRow):
+            raise InputError(row.problem)
         record["text"] = _row_text(row, text_field)
     except InputError as e:
         record.update(text="", error=str(e))
@@ -178,7 +212,7 @@ def file_kind(name: str) -> str:
 
 def _shown(fields: Sequence[str]) -> str:
     """Field names for a one-line message: whitespace folded, long names and long lists cut."""
-    names = [normalize_whitespace(str(f))[:40] or "''" for f in fields[:20]]
+    names = [_printable(normalize_whitespace(str(f))[:40]) or "''" for f in fields[:20]]
     return ", ".join(names) + (f", ... ({len(fields)} in all)" if len(fields) > 20 else "") if names else "none"
 
 
@@ -221,25 +255,34 @@ def json_object_line(line: str, where: str) -> dict:
     return row
 
 
-def _csv_records(text: str, name: str, delimiter: str):
+def csv_records(lines: Iterable[str], name: str, delimiter: str = ","):
+    """Read CSV/TSV lines (a file opened with newline=""): first (None, header fields), then
+    (name:line, row) for each row. A line with more cells than the header (an unquoted delimiter: its
+    columns would be shifted) comes as a MalformedRow, so it becomes an error row and is never scored; a
+    line that cannot be parsed at all (an unclosed quote) is an InputError for the whole file."""
     # a cell may hold a whole (too long) text: let it through, so the row gets its own clear error
     csv.field_size_limit(max(csv.field_size_limit(), MAX_FILE_BYTES))
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
     try:
         fields = [f.strip() for f in (reader.fieldnames or [])]
         reader.fieldnames = fields
         yield None, fields
         for row in reader:
+            where = f"{name}:{reader.line_num}"
             if None in row:  # more cells than header columns
-                raise InputError(f"{name}:{reader.line_num}: more cells than the {len(fields)} header columns")
-            yield f"{name}:{reader.line_num}", row
+                extra = row.pop(None)
+                shown = "comma" if delimiter == "," else "tab"
+                row = MalformedRow(row, f"line {reader.line_num}: {len(fields) + len(extra)} cells but the header has "
+                                        f"{len(fields)} column{'s' * (len(fields) != 1)}; put double quotes around a "
+                                        f"cell that contains a {shown}")
+            yield where, row
     except csv.Error as e:
         raise InputError(f"{name}:{reader.line_num + 1}: not valid CSV ({e})") from None
 
 
 def _records(text: str, name: str, kind: str):
     if kind in (".csv", ".tsv"):
-        return _csv_records(text, name, "\t" if kind == ".tsv" else ",")
+        return csv_records(io.StringIO(text, newline=""), name, "\t" if kind == ".tsv" else ",")
     return _json_records(text, name)
 
 
@@ -308,15 +351,21 @@ def predict_rows(predictor, rows: list[dict], threshold: float | None = None, to
     return results
 
 
+def _cell(value):
+    """A CSV cell a spreadsheet shows as text: a string that it would run as a formula gets a leading '."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
 def results_to_csv(results: list[dict]) -> str:
     """One CSV row per result: id, labels (';'-joined), top_label, top_score, scores (JSON),
-    warnings ('; '-joined), error."""
+    warnings ('; '-joined), error; text cells escaped against formula injection (_cell)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for r in results:
         scores = r.get("scores") or {}
         top = max(scores, key=scores.get) if scores else ""
-        writer.writerow([r["id"], ";".join(r.get("labels", [])), top, scores.get(top, ""),
-                         json.dumps(scores) if scores else "", "; ".join(r.get("warnings", [])), r.get("error", "")])
+        writer.writerow(map(_cell, [r["id"], ";".join(r.get("labels", [])), top, scores.get(top, ""),
+                                    json.dumps(scores) if scores else "", "; ".join(r.get("warnings", [])),
+                                    r.get("error", "")]))
     return out.getvalue()

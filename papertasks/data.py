@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deployment.inputs import ID_FIELDS
+from deployment.inputs import ID_FIELDS, InputError, MalformedRow, csv_records
 from deployment.predictor import compose_text, normalize_whitespace
 from papertasks.errors import UserError
 from papertasks.io import atomic_path, write_json, write_text
@@ -70,6 +70,21 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
+def _read_csv(path: Path, delimiter: str) -> pd.DataFrame:
+    """A CSV/TSV as strings ("" for a missing cell), read as uploads and `predict` read it; a line with more
+    cells than the header (an unquoted delimiter would shift its columns) stops `prepare` with its line."""
+    with gzip.open(path, "rt", encoding="utf-8-sig", newline="") if path.suffix == ".gz" else \
+            open(path, encoding="utf-8-sig", newline="") as f:
+        records = csv_records(f, str(path), delimiter)
+        fields = next(records)[1]
+        rows = []
+        for _, row in records:
+            if isinstance(row, MalformedRow):
+                raise UserError(f"{path}:{row.problem.removeprefix('line ')}")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=fields, dtype=str).fillna("")
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read JSONL, CSV or Parquet (optionally .gz); ids and labels stay strings."""
     path = Path(path)
@@ -82,9 +97,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
                 rows = [json.loads(line) for line in f if line.strip()]
             return pd.DataFrame(rows)
         if kind in ("csv", "tsv"):
-            return pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if kind == "tsv" else ",")
+            return _read_csv(path, "\t" if kind == "tsv" else ",")
         if kind == "parquet":
             return pd.read_parquet(path)
+    except InputError as e:
+        raise UserError(str(e)) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, csv.Error) as e:
         raise UserError(f"{path}: cannot read it as {kind.upper()} ({type(e).__name__}: {str(e)[:120]})") from None
     raise UserError(f"{path}: unknown format '{kind}' (use .jsonl, .csv, .tsv or .parquet, optionally .gz)")
@@ -331,7 +348,22 @@ def merge_extra(df: pd.DataFrame, extra: pd.DataFrame) -> tuple[pd.DataFrame, di
     return pd.concat([df, new[df.columns]], ignore_index=True), stats
 
 
+def check_outputs(cfg: PrepareConfig) -> None:
+    """`--out` must not be the folder of an input, nor `--labels-json` an input: prepare writes its
+    files there, and raw data is never modified."""
+    out = Path(cfg.out).resolve()
+    labels_json = Path(cfg.labels_json).resolve() if cfg.labels_json else None
+    for path in [*cfg.inputs, *(cfg.extra or [])]:
+        resolved = Path(path).resolve()
+        if resolved.parent == out:
+            raise UserError(f"--out {cfg.out} holds the input {path}; prepare writes its files there, so choose "
+                            "another folder")
+        if resolved == labels_json:
+            raise UserError(f"--labels-json {cfg.labels_json} is the input {path}; choose another path")
+
+
 def prepare(cfg: PrepareConfig) -> dict:
+    check_outputs(cfg)
     out = Path(cfg.out)
     frames = [to_examples(read_table(p), cfg, str(p)) for p in cfg.inputs]
     df = pd.concat(frames, ignore_index=True)

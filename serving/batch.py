@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from deployment.explain import add_explanations
-from deployment.inputs import InputError, check_text_columns, json_object_line, predict_rows, read_row
+from deployment.inputs import InputError, check_text_columns, csv_records, json_object_line, predict_rows, read_row
 from deployment.predictor import POLICIES, BundleError, Predictor
 from papertasks.errors import UserError
 
@@ -40,8 +40,8 @@ def iter_rows(path: Path, text_field: str | None = None) -> Iterator[dict]:
     import gzip
 
     name = path.name.lower().removesuffix(".gz")
-    opener = (lambda: gzip.open(path, "rt", encoding="utf-8")) if path.suffix == ".gz" else \
-        (lambda: open(path, encoding="utf-8"))
+    opener = (lambda: gzip.open(path, "rt", encoding="utf-8-sig", newline="")) if path.suffix == ".gz" else \
+        (lambda: open(path, encoding="utf-8-sig", newline=""))
     try:
         if name.endswith((".jsonl", ".json", ".ndjson")):
             with opener() as f:
@@ -49,15 +49,11 @@ def iter_rows(path: Path, text_field: str | None = None) -> Iterator[dict]:
                     if line.strip():
                         yield json_object_line(line, f"{path}:{lineno}")
         elif name.endswith((".csv", ".tsv")):
-            import pandas as pd
-
-            for n, frame in enumerate(pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=CHUNK_ROWS,
-                                                  sep="\t" if name.endswith(".tsv") else ",")):
-                if n == 0:
-                    fields = [str(c).strip() for c in frame.columns]  # as the app and the API read a header
-                    check_text_columns(fields, text_field, str(path))
-                frame.columns = fields
-                yield from frame.to_dict("records")
+            with opener() as f:  # the uploads' reader: a line with too many cells becomes an error row
+                records = csv_records(f, str(path), "\t" if name.endswith(".tsv") else ",")
+                check_text_columns(next(records)[1], text_field, str(path))
+                for _, row in records:
+                    yield row
         elif name.endswith(".parquet"):
             import pyarrow.parquet as pq
 
@@ -92,6 +88,52 @@ def _score_chunk(job: tuple) -> list[str]:
     if explain:
         add_explanations(_predictor, rows, results, threshold, policy=policy)
     return [json.dumps(record, ensure_ascii=False) + "\n" for record in results]
+
+
+def check_count(flag: str, value: int, most: int | None = None) -> None:
+    """A count flag (--batch-size, --workers, --local-workers) must be at least 1 and, for processes, at most
+    the cores: 0 or less would score nothing (or garbage), more than the cores only adds contention."""
+    if value < 1:
+        raise UserError(f"{flag} {value}: give at least 1")
+    if most is not None and value > most:
+        raise UserError(f"{flag} {value}: this machine has {most} cores; give at most {most}")
+
+
+def check_output(src: Path, out: Path) -> None:
+    """Refuse an output that would destroy something: the input itself, a symbolic link (its target
+    would be replaced), or anything but a regular file (a directory, a device, a pipe), also for the
+    files written beside it (.partial, .partial.json, .lock)."""
+    for path in (out, *_siblings(out)):
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link; write to a new path, not through a link")
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path} exists and is not a regular file (a directory, device or pipe); "
+                            "choose another -o")
+        if path.exists() and path.samefile(src):
+            raise UserError(f"{path} is the input itself; choose another -o")
+
+
+def _siblings(out: Path) -> tuple[Path, Path, Path]:
+    """The run's partial output, its resume state and its lock."""
+    return tuple(out.with_name(out.name + suffix) for suffix in (".partial", ".partial.json", ".lock"))
+
+
+def _lock(path: Path, out: Path) -> int:
+    """An exclusive lock on `path` held for the run (as the scrapers lock their output): a second
+    `predict` to the same output is refused instead of writing every row twice."""
+    import fcntl
+    import os
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:  # the holder just finished and removed it
+            raise BlockingIOError
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        raise UserError(f"{out} is being written by another `papertasks predict`; wait for it or use "
+                        "another -o") from None
+    return fd
 
 
 def check_threshold(threshold: float | None, policy: str = "tuned") -> None:
@@ -133,29 +175,51 @@ def predict_file(input: str, output: str, model_dir: str, batch_size: int = 32, 
     so `output` never holds a partial result. Run the same command again after an interruption and
     it continues after the last complete line. `workers` > 1 scores chunks in that many processes
     (order kept), each with its share of the cores."""
+    import os
+
+    src, out = Path(input), Path(output)
+    if not src.is_file():
+        raise UserError(f"{src}: no such file")
+    check_count("--workers", workers, os.cpu_count() or 1)
+    check_count("--batch-size", batch_size)
+    check_threshold(threshold, policy)
+    check_output(src, out)
+    try:
+        Predictor(model_dir)  # fail fast, in this process, on a bad bundle
+    except BundleError as e:
+        raise UserError(str(e)) from None
+    partial, state, lock = _siblings(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(lock, out)
+    except OSError as e:  # under a file, a read-only folder: before anything is scored
+        raise UserError(f"{out}: cannot write there ({e.strerror})") from None
+    try:
+        return _predict_locked(src, out, partial, state, model_dir, batch_size, text_field, top_k, workers,
+                               threshold, explain, policy)
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(lock_fd)
+
+
+def _predict_locked(src: Path, out: Path, partial: Path, state: Path, model_dir: str, batch_size: int,
+                    text_field: str | None, top_k: int | None, workers: int, threshold: float | None, explain: bool,
+                    policy: str) -> int:
+    """predict_file's run, once its arguments are checked and its output locked."""
     import itertools
     import multiprocessing
     import os
 
     from tqdm.auto import tqdm
 
-    src, out = Path(input), Path(output)
-    if not src.is_file():
-        raise UserError(f"{src}: no such file")
-    if workers < 1:
-        raise UserError("--workers must be at least 1")
-    check_threshold(threshold, policy)
-    try:
-        Predictor(model_dir)  # fail fast, in this process, on a bad bundle
-    except BundleError as e:
-        raise UserError(str(e)) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial, state = out.with_name(out.name + ".partial"), out.with_name(out.name + ".partial.json")
     fingerprint = _run_fingerprint(src, model_dir, text_field, top_k, threshold, policy, explain)
-    done = _resume_point(partial, state, fingerprint)
+    try:
+        done = _resume_point(partial, state, fingerprint)
+        state.write_text(json.dumps(fingerprint))
+    except OSError as e:
+        raise UserError(f"{out}: cannot write there ({e.strerror})") from None
     if done:
         log.info("resuming after %d predictions already in %s", done, partial)
-    state.write_text(json.dumps(fingerprint))
 
     rows = itertools.islice(iter_rows(src, text_field), done, None)
     jobs = ((done + n * CHUNK_ROWS, chunk, text_field, top_k, threshold, policy, batch_size, explain)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -80,8 +81,11 @@ def predict_with_dask(inputs: str, output_dir: str, model_dir: str, scheduler: s
     from deployment.inputs import InputError
     from deployment.predictor import BundleError
 
-    from serving.batch import check_threshold
+    from serving.batch import check_count, check_threshold
 
+    check_count("--batch-size", batch_size)
+    if local_workers is not None:  # a local cluster of 0 workers would wait for one forever
+        check_count("--local-workers", local_workers, os.cpu_count() or 1)
     check_threshold(threshold, policy)
     model_dir = str(Path(model_dir).resolve())
     try:

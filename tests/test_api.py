@@ -295,8 +295,11 @@ def test_batch_file_reader_edge_cases():
     assert read_batch_file(b'{"text": "a"}\n{"body": "b"}\n', "a.jsonl") == [
         {"id": 0, "text": "a"},
         {"id": 1, "text": "", "error": "needs a 'text' field or 'title' and 'abstract' fields (found: body)"}]
-    cases = [(b"text\nfine\nextra,cells,here\n", "a.csv", "a.csv:3: more cells than the 1 header columns", 422),
-             (b'"text\nunclosed', "a.csv", "a.csv:1: not valid CSV (unexpected end of data)", 422),
+    # a line with more cells than the header (an unquoted comma) is that row's error, never shifted columns
+    assert read_batch_file(b"text\nfine\nextra,cells,here\n", "a.csv") == [
+        {"id": 0, "text": "fine"}, {"id": 1, "text": "", "error": "line 3: 3 cells but the header has 1 column; put "
+                                                                 "double quotes around a cell that contains a comma"}]
+    cases = [(b'"text\nunclosed', "a.csv", "a.csv:1: not valid CSV (unexpected end of data)", 422),
              (b'text\n"a"b\n', "a.csv", "a.csv:2: not valid CSV", 422),
              (b"text\n" + b"a\n" * 11, "a.csv", "more than 10 rows", 413),
              (b'{"text": "a"}\n[1]\n', "a.jsonl", "a.jsonl:2: expected a JSON object per line", 422),

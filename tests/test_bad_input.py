@@ -1,0 +1,222 @@
+"""Issue 21, as a user or an attacker meets it: input that used to give silently wrong answers, one row
+that stopped a whole run, outputs that destroyed inputs, formula cells, and count flags that hung or
+returned garbage. Each is answered by one clear line (exit 2), a 4xx, or an error row with the rest scored."""
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import shutil
+
+import httpx
+import pytest
+
+from conftest import assert_clean_error, run_cli, write_jsonl
+from deployment.inputs import read_batch_file, read_row, results_to_csv
+from serverutil import REDIS_SERVER, api_server, redis_server, wait_until, worker
+
+GOOD = "Graph neural networks for molecules. We predict molecular properties with message passing networks."
+SPEECH = "Speech recognition at scale. We transcribe audio in many languages with a single sequence model."
+SURROGATE = "contains a lone UTF-16 surrogate (such as \\ud800 in JSON), which is not a character"
+EXTRA_CELLS = "line 2: 4 cells but the header has 3 columns; put double quotes around a cell that contains a comma"
+# an unquoted comma in the first data row: pandas took the ids for an index and shifted every column
+SHIFTED_CSV = "id,title,abstract\np1,Vision, transformers,We detect objects in images.\np2,Speech,We transcribe audio.\n"
+# JSON Lines as a client writes them: "\ud800" is a valid JSON escape, but no character
+SURROGATE_LINES = ('{"id": "a", "text": "%s"}\n' % GOOD + '{"id": "b", "text": "Graph \\ud800 networks"}\n'
+                   + '{"id": "c", "title": "Speech \\udc00", "abstract": "We transcribe."}\n'
+                   + '{"id": "d\\ud800", "text": "%s"}\n' % SPEECH + '{"id": "e", "text": "%s"}\n' % SPEECH)
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+# ---------------------------------------------------------------- A: silent wrong data
+
+def test_the_shared_reader_makes_a_line_with_extra_cells_an_error_row():
+    """Uploads (app, /jobs) read it as `predict` does: the line is an error row, never shifted columns."""
+    rows = read_batch_file(SHIFTED_CSV.encode(), "papers.csv")
+    assert rows == [{"id": "p1", "text": "", "error": EXTRA_CELLS}, {"id": "p2", "text": "Speech. We transcribe audio."}]
+    tsv = read_batch_file(b"id\ttext\nx\tone\ttwo\n", "papers.tsv")
+    assert tsv[0]["error"].endswith("a cell that contains a tab")
+
+
+def test_predict_makes_a_line_with_extra_cells_an_error_row(tiny_bundle, tmp_path):
+    src = tmp_path / "papers.csv"
+    src.write_text(SHIFTED_CSV, encoding="utf-8")
+    result = run_cli("predict", src, "-o", tmp_path / "out.jsonl", "--model", tiny_bundle)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert [o["id"] for o in out] == ["p1", "p2"]
+    assert out[0] == {"id": "p1", "labels": [], "scores": {}, "error": EXTRA_CELLS} and out[1]["scores"]
+
+
+def test_prepare_stops_at_a_line_with_extra_cells(tmp_path):
+    src = tmp_path / "raw.csv"
+    src.write_text("id,text,labels\n1,Graph networks,cs.LG\n2,Vision, transformers,cs.CV\n", encoding="utf-8")
+    out = tmp_path / "data"
+    assert_clean_error(run_cli("prepare", src, "--out", out, "--labels-json", tmp_path / "labels.json"), "prepare",
+                       f"{src}:3: 4 cells but the header has 3 columns")
+    assert not out.exists() and not (tmp_path / "labels.json").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "predict-dask", "evaluate"])
+@pytest.mark.parametrize("size", ["0", "-4"])
+def test_batch_size_below_one_is_one_line(command, size, tmp_path):
+    """-4 used to return uninitialised memory as probabilities, 0 a traceback."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": GOOD}])
+    args = {"predict": [src, "-o", tmp_path / "out.jsonl"], "predict-dask": [src, "-o", tmp_path / "parts"],
+            "evaluate": ["--data", tmp_path, "--out", tmp_path / "report"]}[command]
+    assert_clean_error(run_cli(command, *args, "--batch-size", size), command, f"--batch-size {size}: give at least 1")
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "parts").exists()
+
+
+def test_non_string_texts_are_error_rows_not_str():
+    """One rule (read_row): a number, a list, an object in text / title / abstract is refused, never str()-ed."""
+    for field in ("text", "title", "abstract"):
+        for value, kind in ((42, "a number"), (["a", "b"], "a list"), ({"a": 1}, "an object"), (True, "a boolean")):
+            record = read_row({"id": "x", field: value, **({"title": "T"} if field == "abstract" else {})}, 0)
+            assert record["text"] == "" and record["error"].startswith(f"'{field}' is {kind}, not a string"), record
+
+
+# ---------------------------------------------------------------- B: one bad row does not poison a run
+
+def test_lone_surrogates_make_error_rows():
+    rows = [read_row(json.loads(line), n) for n, line in enumerate(SURROGATE_LINES.splitlines())]
+    assert [r["id"] for r in rows] == ["a", "b", "c", 3, "e"]  # an id that cannot be written back: its position
+    assert [r.get("error", "").split(" contains")[0] for r in rows] == ["", "'text'", "'title'", "the id", ""]
+    assert all(SURROGATE in r["error"] for r in rows[1:4])
+    assert json.dumps(rows, ensure_ascii=False).encode("utf-8")  # everything kept can be written
+
+
+def test_predict_scores_the_rows_around_a_lone_surrogate(tiny_bundle, tmp_path):
+    """It used to crash at the same chunk on every rerun."""
+    src = tmp_path / "in.jsonl"
+    src.write_text(SURROGATE_LINES, encoding="utf-8")
+    result = run_cli("predict", src, "-o", tmp_path / "out.jsonl", "--model", tiny_bundle)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert [o["id"] for o in out] == ["a", "b", "c", 3, "e"]
+    assert [bool(o["scores"]) for o in out] == [True, False, False, False, True]
+    assert all(SURROGATE in o["error"] for o in out[1:4])
+
+
+@pytest.fixture(scope="module")
+def api(tiny_bundle, tmp_path_factory):
+    with api_server(tiny_bundle, tmp_path_factory.mktemp("api")) as (url, proc):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            yield client
+        assert "Traceback" not in proc.output(), proc.output()[-3000:]
+
+
+def _post(api, path: str, body: str) -> httpx.Response:
+    """A body as a client's JSON encoder writes it, with the escape "\\ud800" kept as it is."""
+    return api.post(path, content=body.encode(), headers={"Content-Type": "application/json"})
+
+
+def test_api_answers_a_lone_surrogate_with_422_and_scores_the_rest_of_a_batch(api):
+    r = _post(api, "/predict", '{"text": "Graph \\ud800 networks"}')
+    assert r.status_code == 422 and r.json()["detail"] == f"'text' {SURROGATE}; remove it or send the whole character"
+    items = ",".join(line for line in SURROGATE_LINES.splitlines())
+    r = _post(api, "/predict/batch", f'{{"items": [{items}, "Graph \\udfff"]}}')
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == 6 and body["errors"] == 4
+    assert [x["id"] for x in body["results"]] == ["a", "b", "c", 3, "e", 5]
+    assert [bool(x["scores"]) for x in body["results"]] == [True, False, False, False, True, False]
+
+
+needs_redis = pytest.mark.skipif(not shutil.which("redis-server") and not os.path.exists(REDIS_SERVER),
+                                 reason="redis-server is not installed")
+
+
+@needs_redis
+def test_a_job_scores_the_rows_around_a_lone_surrogate_and_escapes_formula_cells(tiny_bundle, tmp_path):
+    """/jobs used to fail the whole job; its CSV wrote `=...` ids verbatim (formula injection)."""
+    lines = SURROGATE_LINES + '{"id": "=HYPERLINK(\\"http://x\\")", "text": "%s"}\n' % GOOD
+    (tmp_path / "redis").mkdir()
+    with redis_server(tmp_path / "redis") as (redis_url, _), \
+            api_server(tiny_bundle, tmp_path, "--redis-url", redis_url) as (url, proc), \
+            worker(tiny_bundle, redis_url, tmp_path), httpx.Client(base_url=url, timeout=30) as client:
+        r = client.post("/jobs", files={"file": ("papers.jsonl", lines.encode(), "application/octet-stream")})
+        assert r.status_code == 202, r.text
+        location = r.headers["Location"]
+        done = wait_until(lambda: (lambda r: r if r.status_code != 202 else None)(client.get(location)), 60, location)
+        assert done.status_code == 200, done.text
+        assert [x["id"] for x in done.json()["results"]] == ["a", "b", "c", 3, "e", '=HYPERLINK("http://x")']
+        assert done.json()["errors"] == 3
+        rows = list(csv.DictReader(io.StringIO(client.get(location, params={"format": "csv"}).text)))
+        assert [row["id"] for row in rows][-1] == '\'=HYPERLINK("http://x")'
+        assert SURROGATE in rows[1]["error"]
+        assert "Traceback" not in proc.output(), proc.output()[-3000:]
+
+
+# ---------------------------------------------------------------- C: outputs that destroy inputs
+
+def test_predict_refuses_outputs_that_would_destroy_something(tiny_bundle, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": GOOD}])
+    before = src.read_bytes()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    (tmp_path / "folder").mkdir()
+    cases = [(src, "is the input itself"), (link, "is a symbolic link"), ("/dev/null", "is not a regular file"),
+             (tmp_path / "folder", "is not a regular file"), (tmp_path / "in.jsonl" / "x.jsonl", "cannot write there")]
+    for out, fragment in cases:
+        assert_clean_error(run_cli("predict", src, "-o", out, "--model", tiny_bundle), "predict", fragment)
+    assert src.read_bytes() == before and target.read_text() == "keep me" and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "in.jsonl", "link.jsonl", "precious.txt"]
+
+
+def test_a_second_predict_to_the_same_output_is_refused(tiny_bundle, tmp_path):
+    """While a run holds the output's lock (as the scrapers lock theirs), another run is refused, not merged."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": GOOD}])
+    out = tmp_path / "out.jsonl"
+    with open(tmp_path / "out.jsonl.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert_clean_error(run_cli("predict", src, "-o", out, "--model", tiny_bundle), "predict",
+                           f"{out} is being written by another `papertasks predict`")
+    assert not out.exists() and not (tmp_path / "out.jsonl.partial").exists()
+    result = run_cli("predict", src, "-o", out, "--model", tiny_bundle)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [o["id"] for o in read_jsonl(out)] == ["a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl"]  # the lock is gone
+
+
+def test_prepare_refuses_an_out_folder_holding_its_input(tmp_path):
+    src = write_jsonl(tmp_path / "train.jsonl", [{"id": str(i), "text": GOOD, "labels": ["cs.LG"]} for i in range(20)])
+    before = src.read_bytes()
+    assert_clean_error(run_cli("prepare", src, "--out", tmp_path, "--labels-json", tmp_path / "other" / "labels.json"),
+                       "prepare", f"--out {tmp_path} holds the input {src}")
+    assert_clean_error(run_cli("prepare", src, "--out", tmp_path / "data", "--labels-json", src), "prepare",
+                       f"--labels-json {src} is the input")
+    assert src.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
+
+
+# ---------------------------------------------------------------- D: CSV formula injection
+
+def test_results_csv_escapes_cells_a_spreadsheet_would_run():
+    results = [{"id": "=1+1", "labels": ["-x", "@y"], "scores": {"-x": 0.9, "@y": 0.5}, "warnings": ["+w"]},
+               {"id": 7, "labels": [], "scores": {}, "error": "@SUM(A1)"}, {"id": "\tcmd", "labels": [], "scores": {}},
+               {"id": "plain", "labels": ["cs.LG"], "scores": {"cs.LG": 0.7}}]
+    rows = list(csv.DictReader(io.StringIO(results_to_csv(results))))
+    assert [r["id"] for r in rows] == ["'=1+1", "7", "'\tcmd", "plain"]
+    assert (rows[0]["labels"], rows[0]["top_label"], rows[0]["warnings"]) == ("'-x;@y", "'-x", "'+w")
+    assert rows[1]["error"] == "'@SUM(A1)" and rows[3]["labels"] == "cs.LG" and rows[0]["top_score"] == "0.9"
+
+
+# ---------------------------------------------------------------- F: worker counts
+
+@pytest.mark.parametrize("command, flag, value, fragment", [
+    ("predict-dask", "--local-workers", "0", "--local-workers 0: give at least 1"),
+    ("predict-dask", "--local-workers", "4096", "--local-workers 4096: this machine has"),
+    ("predict", "--workers", "4096", "--workers 4096: this machine has"),
+    ("predict", "--workers", "0", "--workers 0: give at least 1")])
+def test_worker_counts_outside_one_to_the_cores_are_one_line(command, flag, value, fragment, tmp_path):
+    """--local-workers 0 used to wait forever for a worker."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": GOOD}])
+    assert_clean_error(run_cli(command, src, "-o", tmp_path / "out", flag, value), command, fragment)
+    assert not (tmp_path / "out").exists()
