@@ -2,9 +2,9 @@
 report's lead over each of the others.
 
 Every report must come from the same split (same labels, same validation and test rows), else the
-numbers are not comparable and the command stops. Multi-label reports give two rows each: tuned
-per-label thresholds (what is served by default) and the one global threshold; single-label reports
-one row (the top class).
+numbers are not comparable and the command stops. Multi-label reports give two rows each: the tuned
+policy (what is served by default: per-label thresholds, and a relative cut where validation chose one)
+and the one global threshold; single-label reports one row (the top class).
 
 Each lead comes with a 95% interval from a paired bootstrap of the test papers (papertasks.bootstrap),
 where both reports kept their test scores: a lead whose interval holds 0 is within test-sampling noise.
@@ -22,7 +22,7 @@ from papertasks.test_scores import read_test_scores
 # The metrics the lead is given on: what a user of each kind of model looks at first.
 LEAD_METRICS = {"multi-label": ("f1_micro", "f1_macro", "precision_at_1"),
                 "single-label": ("accuracy", "f1_macro", "f1_weighted")}
-SETTINGS = {"test": "per-label thresholds", "test_global_threshold": "global threshold"}
+SETTINGS = {"test": "tuned (default)", "test_global_threshold": "global threshold"}
 
 
 def read_report(folder) -> dict:
@@ -116,8 +116,8 @@ def render_comparison(reports: list[dict], settings: list[str], result: dict) ->
     lines = [f"# {reports[0]['model']} against {len(reports) - 1} other model(s)", "",
              f"Test split: {result['test_rows']} papers, {reports[0]['labels']} labels. "
              + ("The top class is predicted." if single else
-                "Thresholds are tuned on validation, per label (labels with too few positives use the global "
-                "one) or one global threshold for all labels."), "", header]
+                "Thresholds are tuned on validation: each report's tuned policy (per-label thresholds, with a "
+                "relative cut where validation chose one) or one global threshold for all labels."), "", header]
     for report in reports:
         for setting in settings:
             row = headline_row({**report, "test": report[setting]})

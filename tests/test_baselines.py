@@ -263,9 +263,9 @@ def test_compare_puts_reports_side_by_side_with_the_lead(tiny_data, pwc_data, tm
     assert result.returncode == 0, result.stderr[-3000:]
     full, small = read_metrics(tmp_path / "tfidf"), read_metrics(tmp_path / "small")
     compared = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert [r["setting"] for r in compared["rows"]] == ["per-label thresholds", "global threshold"] * 2
+    assert [r["setting"] for r in compared["rows"]] == ["tuned (default)", "global threshold"] * 2
     per_label = compared["lead"][0]
-    assert per_label["against"] == small["model"] and per_label["setting"] == "per-label thresholds"
+    assert per_label["against"] == small["model"] and per_label["setting"] == "tuned (default)"
     for metric in ("f1_micro", "f1_macro", "precision_at_1"):
         assert per_label[metric] == pytest.approx(full["test"][metric] - small["test"][metric])
     assert compared["lead"][1]["f1_micro"] == pytest.approx(
