@@ -258,6 +258,8 @@ def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_p
     p_test = score_texts(predictor, x_test, batch_size, "test")
     report = evaluate_probs(bundle_name(predictor), labels, y_valid, p_valid, y_test, p_test,
                             min_positives, problem)
+    if predictor.label_names:  # the names the bundle's answers show (label_names.json), for the report's tables
+        report["label_names"] = predictor.label_names
     write_report(report, Path(out), p_test, y_test, labels)
     return report
 
@@ -386,9 +388,15 @@ def render_report(report: dict) -> str:
              "", "![per-label F1](per_label_f1.png) ![precision-recall](precision_recall.png)", "",
              "| label | precision | recall | F1 | support | threshold |", "|---|---:|---:|---:|---:|---:|"]
     rows = sorted(report["test"]["per_label"].items(), key=lambda kv: -kv[1]["support"])
-    lines += [f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} | {m['threshold']:.2f} |"
-              for lab, m in rows]
+    lines += [f"| {_named(report, lab)} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} | "
+              f"{m['threshold']:.2f} |" for lab, m in rows]
     return "\n".join(lines) + "\n"
+
+
+def _named(report: dict, label: str) -> str:
+    """'cs.IT — Information Theory' where the bundle names the label, as the app shows it."""
+    name = report.get("label_names", {}).get(label)
+    return f"{label} — {name}" if name else label
 
 
 def _render_single_label(report: dict) -> str:
@@ -401,7 +409,8 @@ def _render_single_label(report: dict) -> str:
              "", "![per-class F1](per_label_f1.png) ![confusion matrix](confusion_matrix.png)", "",
              "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
     rows = sorted(t["per_label"].items(), key=lambda kv: -kv[1]["support"])
-    lines += [f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |" for lab, m in rows]
+    lines += [f"| {_named(report, lab)} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+              for lab, m in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -112,6 +112,10 @@ def test_evaluate_bundle_writes_thresholds_metrics_and_card(tiny_bundle, tiny_da
         assert (tmp_path / "report" / name).stat().st_size > 0
     assert "## Test metrics" in (bundle / "MODEL_CARD.md").read_text()
     assert json.loads((bundle / "metrics.json").read_text())["test"]["f1_micro"] == test["f1_micro"]
+    names = json.loads((bundle / "label_names.json").read_text())  # arXiv codes: the report names them too
+    assert report["label_names"] == names
+    some = next(iter(names))
+    assert f"| {some} — {names[some]} |" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_tfidf_baseline_report(tiny_data, tmp_path):
