@@ -92,7 +92,7 @@ def run_engine(engine: str, args) -> dict:
             threads = 1
         elif engine in REQUANTIZED:
             folder = requantized(Path(args.model) / "onnx", Path(args.bundle), **REQUANTIZED[engine])
-        predictor = Predictor(folder, threads=threads)
+        predictor = Predictor(folder, threads=threads, allow_unsigned=True)  # onnx/ and re-quantized copies
         predictor.max_length = max_length  # --max-length: the windows encode_windows builds
 
         def score(batch):

@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "int8_compute.json"))
     args = ap.parse_args()
     try:
-        bundle = Predictor(args.bundle)
+        bundle = Predictor(args.bundle, allow_unsigned=True)  # a measurement: any folder, its errors its own
         if bundle.single_label:
             raise UserError(f"{args.bundle}: this bench is for multi-label bundles")
         x_valid, y_valid, x_test, y_test = load_eval_data(args.data, bundle.labels)
@@ -93,8 +93,9 @@ def main() -> None:
             reduced = copy_bundle_files(floated, Path(tmp) / "reduce_range")
             quantize_int8(floated / "model.onnx", reduced / "model.onnx", reduce_range=True)
             engines = {"int8 arithmetic (the bundle as served)": bundle,
-                       "fp32 arithmetic, same int8 weights": Predictor(floated),
-                       "int8 arithmetic, the same weights re-quantized to 7 bits": Predictor(reduced)}
+                       "fp32 arithmetic, same int8 weights": Predictor(floated, allow_unsigned=True),
+                       "int8 arithmetic, the same weights re-quantized to 7 bits": Predictor(reduced,
+                                                                                               allow_unsigned=True)}
             scores = {name: (score_texts(p, x_valid, args.batch_size, "valid"), score_texts(p, x_test, args.batch_size, "test"))
                       for name, p in engines.items()}
     except (UserError, BundleError) as e:

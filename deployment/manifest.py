@@ -5,8 +5,9 @@
 `Predictor` checks it at start, so a bundle whose files were changed, truncated by a partial copy or
 mixed with another bundle's files is refused with one line naming the files.
 
-A bundle without manifest.json (written before manifests existed, or a bare ONNX folder such as
-the fp32 export) is still accepted; its integrity is reported as unchecked (`/health` shows it and
+A bundle without manifest.json (written before manifests existed, a bare ONNX folder such as the
+fp32 export, or one whose manifest was deleted) is refused by `Predictor` unless it is allowed
+(`--allow-unsigned`); then its integrity is reported as unchecked (`/health` shows it and
 `papertasks serve` / `worker` / the app log a warning). Standard library only: the Space runs it.
 """
 from __future__ import annotations

@@ -35,6 +35,8 @@ POLICIES = ("tuned", "global")
 DEFAULT_MAX_LENGTH = 256
 DEFAULT_TRUNCATION = "head"
 LABEL_NAMES_FILE = "label_names.json"  # optional: label -> the name people read (export/taxonomy.py writes it)
+# "1": use bundles without manifest.json (their files unchecked); set by --allow-unsigned, or in a Space's settings
+ALLOW_UNSIGNED_ENV = "PAPERTASKS_ALLOW_UNSIGNED"
 
 
 class BundleError(ValueError):
@@ -86,7 +88,9 @@ class Predictor:
     """Scores texts with an ONNX sequence classifier and applies the bundle's thresholds."""
 
     def __init__(self, model_dir: str | os.PathLike, model_file: str = "model.onnx",
-                 threads: int | None = None):
+                 threads: int | None = None, allow_unsigned: bool | None = None):
+        """`allow_unsigned`: accept a folder without manifest.json (None: as $PAPERTASKS_ALLOW_UNSIGNED says);
+        else it is refused, since a deleted manifest would turn the integrity check off unseen."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -145,13 +149,19 @@ class Predictor:
 
         # Checksums last, so a structural problem (labels vs outputs) keeps its own, more specific message.
         try:  # imported as part of the papertasks package, or as a sibling module in the Space
-            from .manifest import ManifestError, verify_bundle
+            from .manifest import MANIFEST, ManifestError, verify_bundle
         except ImportError:
-            from manifest import ManifestError, verify_bundle
+            from manifest import MANIFEST, ManifestError, verify_bundle
         try:
             self.integrity = verify_bundle(self.model_dir)
         except ManifestError as e:
             raise BundleError(str(e)) from None
+        if allow_unsigned is None:
+            allow_unsigned = os.environ.get(ALLOW_UNSIGNED_ENV) == "1"
+        if self.integrity.startswith("unchecked") and not allow_unsigned:
+            raise BundleError(f"{self.model_dir}: no {MANIFEST}, so its files cannot be checked; export it with "
+                              f"`papertasks export`, or pass --allow-unsigned ({ALLOW_UNSIGNED_ENV}=1) to use it "
+                              "unchecked")
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         return self.logits_of_windows(encode_windows(self.tokenizer, texts, self.max_length, self.truncation))

@@ -33,7 +33,7 @@ def add_bag(folder: Path, data_dir: str) -> dict:
     from papertasks.data import label_matrix, read_split
     from papertasks.evaluate import best_global_threshold
 
-    encoder = Predictor(folder)
+    encoder = Predictor(folder, allow_unsigned=True)  # a bundle being built: sealed when it is done
     if encoder.single_label:
         raise UserError("--hybrid: the bag of n-grams is for multi-label bundles (sigmoid scores)")
     train, valid = read_split(data_dir, "train"), read_split(data_dir, "valid")
@@ -56,7 +56,7 @@ def add_bag(folder: Path, data_dir: str) -> dict:
     check = texts[:CHECK_TEXTS]
     expected = (weight * encoder.predict_proba(check)
                 + (1 - weight) * bag.probabilities(text_ids(encoder.tokenizer, [normalize_whitespace(t) for t in check])))
-    served_diff = float(np.abs(Predictor(folder).predict_proba(check) - expected).max())
+    served_diff = float(np.abs(Predictor(folder, allow_unsigned=True).predict_proba(check) - expected).max())
     if served_diff > SERVED_TOLERANCE:
         raise UserError(f"hybrid check failed, bundle not written: the served scores differ from the fitted mix "
                         f"by {served_diff:.2e} (> {SERVED_TOLERANCE})")
@@ -69,7 +69,7 @@ def make_hybrid(bundle: str, data_dir: str, out: str | None = None) -> dict:
     """`papertasks hybrid`: a copy of `bundle` (at `out`, or in its place) with the bag added."""
     source, target = Path(bundle), Path(out or bundle)
     try:
-        config = Predictor(source).config
+        config = Predictor(source, allow_unsigned=True).config  # e.g. a model's fp32 onnx/ folder
     except BundleError as e:
         raise UserError(str(e)) from None
     if config.get("hybrid"):

@@ -167,8 +167,8 @@ def export_bundle(model: str, out: str, data_dir: str | None = None, parity_text
         copy_bundle_files(staging, work, names=("tokenizer.json", "labels.json", "config.json"))
 
         texts = load_parity_texts(data_dir, parity_texts)
-        int8 = Predictor(staging)
-        fp32 = Predictor(work)
+        int8 = Predictor(staging, allow_unsigned=True)  # sealed below, once checked
+        fp32 = Predictor(work, allow_unsigned=True)
         reference = torch_probs(hf_model, tokenizer, texts, max_length, truncation)
         fp32_probs, int8_probs = fp32.predict_proba(texts), int8.predict_proba(texts)
         parity = {"texts": len(texts),

@@ -24,6 +24,7 @@ from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, OFFLINE_BASE_NA
 from papertasks.refit import RefitConfig
 from papertasks.train import PRECISIONS, TrainConfig, find_lr
 from scrapers.cli import register as register_scrape
+from serving.cli import allow_unsigned
 from serving.cli import register as register_serving
 
 EPILOG_PIPELINE = """\
@@ -107,6 +108,8 @@ def _evaluate(args):
     from papertasks.evaluate import bundle_metrics
     from serving.batch import check_count
 
+    args.allow_unsigned |= not args.update_bundle  # measuring changes nothing: any folder (an fp32 onnx/ one too)
+    allow_unsigned(args)
     check_count("--batch-size", args.batch_size)
     report = evaluate_bundle(args.model, args.data, args.out, batch_size=args.batch_size,
                              min_positives=args.min_positives)
@@ -227,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "card, manifest) and in json_files/; without it only --out is written")
     p.add_argument("--labels-json",
                    help="thresholds.json is written beside this vocabulary (default: json_files/<name of --data>/)")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   help="with --update-bundle: write into a bundle without manifest.json (default: refused; "
+                        "measuring alone reads any folder)")
     use_defaults(p, evaluate_bundle)
     p.set_defaults(func=_evaluate)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from deployment.predictor import POLICIES
+from deployment.predictor import ALLOW_UNSIGNED_ENV, POLICIES
 from papertasks.cli_support import use_defaults
 from papertasks.errors import UserError
 from papertasks.paths import DEFAULT_BUNDLE, DEFAULT_MODELS_DIR
@@ -14,9 +14,18 @@ THRESHOLD_HELP = ("one threshold for every label, as the API's `threshold` (defa
                   "thresholds, its thresholds.json)")
 POLICY_HELP = ("tuned: the bundle's per-label thresholds and relative cut, as validation chose them; global: its "
                "one tuned threshold for every label (the API's `policy`, the app's checkbox)")
+UNSIGNED_HELP = (f"use a bundle without manifest.json, its files unchecked (default: refused; the app and a Space: "
+                 f"{ALLOW_UNSIGNED_ENV}=1)")
+
+
+def allow_unsigned(args) -> None:
+    """--allow-unsigned holds for every Predictor of this run and of the processes it starts."""
+    if args.allow_unsigned:
+        os.environ[ALLOW_UNSIGNED_ENV] = "1"
 
 
 def _predict(args):
+    allow_unsigned(args)
     from serving.batch import predict_file
 
     predict_file(args.input, args.output, model_dir=args.model, batch_size=args.batch_size,
@@ -25,6 +34,7 @@ def _predict(args):
 
 
 def _predict_dask(args):
+    allow_unsigned(args)
     from serving.distributed import predict_with_dask
 
     predict_with_dask(args.inputs, args.output, args.model, scheduler=args.scheduler, blocksize=args.blocksize,
@@ -48,12 +58,14 @@ def _feedback_export(args):
 
 
 def _app(args):
+    allow_unsigned(args)
     from deployment.app import launch
 
     launch(model_dir=args.model, host=args.host, port=args.port, share=args.share)
 
 
 def _serve(args):
+    allow_unsigned(args)
     from serving.api import serve
 
     serve(args.model, host=args.host, port=args.port, log_level=args.log_level, redis_url=args.redis_url,
@@ -63,6 +75,7 @@ def _serve(args):
 
 
 def _worker(args):
+    allow_unsigned(args)
     from serving.jobs import run_worker
 
     if not args.redis_url:
@@ -90,6 +103,7 @@ def register(sub) -> None:
                    help="add each row's `explanation`: how much each sentence raised or lowered each predicted "
                         "label (about 0.6 s a paper on 2 cores)")
     use_defaults(p, predict_file)
+    p.add_argument("--allow-unsigned", action="store_true", help=UNSIGNED_HELP)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("predict-dask", help="batch prediction on a Dask cluster (many machines), same predictor",
@@ -105,6 +119,7 @@ def register(sub) -> None:
     p.add_argument("--threshold", type=float, help=THRESHOLD_HELP)
     p.add_argument("--policy", choices=POLICIES, help=POLICY_HELP)
     use_defaults(p, predict_with_dask)
+    p.add_argument("--allow-unsigned", action="store_true", help=UNSIGNED_HELP + "; local workers only")
     p.set_defaults(func=_predict_dask)
 
     p = sub.add_parser("feedback", help="user corrections stored by the app and POST /feedback")
@@ -122,6 +137,7 @@ def register(sub) -> None:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--share", action="store_true")
+    p.add_argument("--allow-unsigned", action="store_true", help=UNSIGNED_HELP)
     p.set_defaults(func=_app)
 
     settings = Settings()
@@ -145,6 +161,7 @@ def register(sub) -> None:
                    help="largest file POST /jobs accepts")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     use_defaults(p, serve, Settings)
+    p.add_argument("--allow-unsigned", action="store_true", help=UNSIGNED_HELP)
     p.set_defaults(redis_url=redis_default, func=_serve)
 
     p = sub.add_parser("worker", help="an RQ worker for /jobs (run any number, on any machine with the bundle)",
@@ -154,4 +171,5 @@ def register(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODELS_DIR, help="the same --model as the server's")
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     p.add_argument("--name", help="worker name (default: RQ picks a unique one)")
+    p.add_argument("--allow-unsigned", action="store_true", help=UNSIGNED_HELP)
     p.set_defaults(func=_worker)

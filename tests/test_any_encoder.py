@@ -129,7 +129,7 @@ def test_the_chain_exports_what_the_architecture_takes(chains, family):
     assert predictor.pad_id == tokenizer.pad_token_id
     texts = ["Graph neural networks.", "A long abstract about speech. " * 30, "Reinforcement learning for robots."]
     reference = torch_probs(hf_model, tokenizer, texts, max_length=64, truncation="head_tail")
-    fp32 = Predictor(chain["refit"] / "onnx").predict_proba(texts, batch_size=3)  # one batch, padded
+    fp32 = Predictor(chain["refit"] / "onnx", allow_unsigned=True).predict_proba(texts, batch_size=3)  # one batch, padded
     np.testing.assert_allclose(fp32, reference, atol=1e-5)
     assert np.abs(predictor.predict_proba(texts) - reference).max() < 0.05
     assert AutoModelForSequenceClassification.from_pretrained(chain["refit"]).config.num_labels == len(labels)

@@ -229,10 +229,12 @@ def test_bundle_manifest_covers_every_file_and_refuses_changes(tiny_bundle, tmp_
     (labels / "labels.json").write_text(json.dumps({**vocab, "extra.label": len(vocab)}))
     assert_clean_error(run_cli("serve", "--model", labels), "serve", f"{len(vocab) + 1} labels but the model has")
 
-    legacy = tmp_path / "legacy"  # written before manifests existed: accepted, reported as unchecked
+    legacy = tmp_path / "legacy"  # written before manifests existed (or its manifest deleted): refused unless allowed
     shutil.copytree(tiny_bundle, legacy)
     (legacy / "manifest.json").unlink()
-    assert Predictor(legacy).integrity == "unchecked: no manifest.json"
+    with pytest.raises(BundleError, match="no manifest.json, so its files cannot be checked"):
+        Predictor(legacy)
+    assert Predictor(legacy, allow_unsigned=True).integrity == "unchecked: no manifest.json"
     assert_clean_error(run_cli("serve", "--model", tmp_path / "nowhere"), "serve", "no such model folder")
 
 

@@ -208,6 +208,29 @@ def test_results_csv_escapes_cells_a_spreadsheet_would_run():
     assert rows[1]["error"] == "'@SUM(A1)" and rows[3]["labels"] == "cs.LG" and rows[0]["top_score"] == "0.9"
 
 
+# ---------------------------------------------------------------- E: a bundle without a manifest
+
+def test_a_bundle_without_a_manifest_is_refused_unless_allowed(tiny_bundle, tiny_data, tmp_path):
+    """A deleted manifest.json used to turn the integrity check off silently."""
+    from deployment.predictor import BundleError, Predictor
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_bundle, bare)
+    (bare / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="no manifest.json, so its files cannot be checked"):
+        Predictor(bare)
+    assert Predictor(bare, allow_unsigned=True).integrity == "unchecked: no manifest.json"
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": GOOD}])
+    out = tmp_path / "out.jsonl"
+    for command, args in (("predict", [src, "-o", out]), ("serve", []), ("worker", ["--redis-url", "redis://x:1"]),
+                          ("evaluate", ["--data", tiny_data, "--out", tmp_path / "report", "--update-bundle"])):
+        assert_clean_error(run_cli(command, *args, "--model", bare), command, f"{bare}: no manifest.json")
+    assert not out.exists() and not (tmp_path / "report").exists()
+    result = run_cli("predict", src, "-o", out, "--model", bare, "--allow-unsigned")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [o["id"] for o in read_jsonl(out)] == ["a"]
+
+
 # ---------------------------------------------------------------- F: worker counts
 
 @pytest.mark.parametrize("command, flag, value, fragment", [

@@ -141,7 +141,7 @@ def test_onnx_matches_torch_on_padded_batches(tiny_model, tiny_bundle):
     model, tokenizer, _ = load_trained(tiny_model)
     texts = ["Graph neural networks.", "A long abstract " * 40, "Speech recognition with transformers for low-resource languages."]
     reference = torch_probs(model, tokenizer, texts, max_length=64, truncation="head_tail")  # as the bundle
-    onnx = Predictor(tiny_model / "onnx").predict_proba(texts, batch_size=2)
+    onnx = Predictor(tiny_model / "onnx", allow_unsigned=True).predict_proba(texts, batch_size=2)
     np.testing.assert_allclose(onnx, reference, atol=1e-4)
 
 
