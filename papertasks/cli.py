@@ -24,7 +24,6 @@ from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, OFFLINE_BASE_NA
 from papertasks.refit import RefitConfig
 from papertasks.train import PRECISIONS, TrainConfig, find_lr
 from scrapers.cli import register as register_scrape
-from serving.cli import allow_unsigned
 from serving.cli import register as register_serving
 
 EPILOG_PIPELINE = """\
@@ -108,11 +107,10 @@ def _evaluate(args):
     from papertasks.evaluate import bundle_metrics
     from serving.batch import check_count
 
-    args.allow_unsigned |= not args.update_bundle  # measuring changes nothing: any folder (an fp32 onnx/ one too)
-    allow_unsigned(args)
     check_count("--batch-size", args.batch_size)
     report = evaluate_bundle(args.model, args.data, args.out, batch_size=args.batch_size,
-                             min_positives=args.min_positives)
+                             min_positives=args.min_positives,  # measuring alone changes nothing: any folder
+                             allow_unsigned=args.allow_unsigned or not args.update_bundle)
     if args.update_bundle:
         from export.bundle import record_evaluation
 

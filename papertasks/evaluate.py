@@ -240,14 +240,16 @@ def load_eval_data(data_dir, labels: list[str]):
             test["text"].tolist(), label_matrix(test["labels"], labels))
 
 
-def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_positives: int = 10) -> dict:
+def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_positives: int = 10,
+                    allow_unsigned: bool = False) -> dict:
     """Score a bundle with the served predictor, tune thresholds on validation, write the report to
     `out`. Recording the thresholds and metrics in the bundle is export's job
-    (export.bundle.record_evaluation; `papertasks evaluate` does both)."""
+    (export.bundle.record_evaluation; `papertasks evaluate` does both). `allow_unsigned`: accept a
+    folder without manifest.json (an fp32 onnx/ folder)."""
     from deployment.predictor import BundleError, Predictor
 
     try:
-        predictor = Predictor(model)
+        predictor = Predictor(model, allow_unsigned=allow_unsigned)
     except BundleError as e:
         raise UserError(str(e)) from None
     labels = predictor.labels
