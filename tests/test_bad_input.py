@@ -89,6 +89,8 @@ def test_lone_surrogates_make_error_rows():
     assert [r.get("error", "").split(" contains")[0] for r in rows] == ["", "'text'", "'title'", "the id", ""]
     assert all(SURROGATE in r["error"] for r in rows[1:4])
     assert json.dumps(rows, ensure_ascii=False).encode("utf-8")  # everything kept can be written
+    named = read_row(json.loads('{"body\\ud800": "x"}'), 0)  # a field name echoed in the message
+    assert named["error"].endswith("(found: body\ufffd)") and named["error"].encode("utf-8")
 
 
 def test_predict_scores_the_rows_around_a_lone_surrogate(tiny_bundle, tmp_path):
