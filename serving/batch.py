@@ -182,6 +182,8 @@ def predict_file(input: str, output: str, model_dir: str, batch_size: int = 32, 
         raise UserError(f"{src}: no such file")
     check_count("--workers", workers, os.cpu_count() or 1)
     check_count("--batch-size", batch_size)
+    if top_k is not None:  # 0 or less would cut the scores from the wrong end
+        check_count("--top-k", top_k)
     check_threshold(threshold, policy)
     check_output(src, out)
     try:

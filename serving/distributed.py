@@ -84,23 +84,38 @@ def predict_with_dask(inputs: str, output_dir: str, model_dir: str, scheduler: s
     from serving.batch import check_count, check_threshold
 
     check_count("--batch-size", batch_size)
+    if top_k is not None:
+        check_count("--top-k", top_k)
     if local_workers is not None:  # a local cluster of 0 workers would wait for one forever
         check_count("--local-workers", local_workers, os.cpu_count() or 1)
     check_threshold(threshold, policy)
+    try:
+        dask.utils.parse_bytes(blocksize)
+    except ValueError:
+        raise UserError(f"--blocksize {blocksize}: give a size such as 16MiB or 64MB") from None
     model_dir = str(Path(model_dir).resolve())
     try:
         _predictor(model_dir)
     except BundleError as e:
         raise UserError(str(e)) from None
-    files = sorted(glob.glob(inputs))
+    files = sorted(path for path in glob.glob(inputs) if os.path.isfile(path))
     if not files:
         raise UserError(f"{inputs}: no input files match")
+    for path in files:  # refused here, in one line, rather than by a failed task on a worker
+        with open(path, "rb") as f:
+            if b"\x00" in f.read(65536):
+                raise UserError(f"{path}: a binary file, not JSON Lines text")
     out = Path(output_dir)
+    if out.is_symlink() or out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder (or is a symbolic link); choose a new output folder")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new output folder")
     staging = out.with_name(f".{out.name}.partial")  # renamed to `out` only when every part is written
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write there ({e.strerror})") from None
     cluster = None if scheduler else LocalCluster(n_workers=local_workers, threads_per_worker=1,
                                                    processes=True, dashboard_address=None)
     try:
@@ -114,9 +129,9 @@ def predict_with_dask(inputs: str, output_dir: str, model_dir: str, scheduler: s
                                                                 batch_size, threshold, policy)
                                       for part, (first_line, first_index) in zip(parts, starts)])
             written = scored.to_textfiles(str(staging / "part-*.jsonl"), name_function=lambda i: f"{i:05d}")
-    except InputError as e:  # a malformed line: keep nothing
+    except (InputError, UnicodeDecodeError) as e:  # a malformed line or file: keep nothing
         shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(str(e)) from None
+        raise UserError(str(e) if isinstance(e, InputError) else f"{inputs}: not UTF-8 text") from None
     finally:
         if cluster is not None:
             cluster.close()

@@ -233,15 +233,32 @@ def test_a_bundle_without_a_manifest_is_refused_unless_allowed(tiny_bundle, tiny
     assert [o["id"] for o in read_jsonl(out)] == ["a"]
 
 
-# ---------------------------------------------------------------- F: worker counts
+# ---------------------------------------------------------------- F: counts, and predict-dask's own inputs
 
 @pytest.mark.parametrize("command, flag, value, fragment", [
     ("predict-dask", "--local-workers", "0", "--local-workers 0: give at least 1"),
     ("predict-dask", "--local-workers", "4096", "--local-workers 4096: this machine has"),
     ("predict", "--workers", "4096", "--workers 4096: this machine has"),
-    ("predict", "--workers", "0", "--workers 0: give at least 1")])
-def test_worker_counts_outside_one_to_the_cores_are_one_line(command, flag, value, fragment, tmp_path):
-    """--local-workers 0 used to wait forever for a worker."""
+    ("predict", "--workers", "0", "--workers 0: give at least 1"),
+    ("predict", "--top-k", "-3", "--top-k -3: give at least 1"),
+    ("predict-dask", "--top-k", "0", "--top-k 0: give at least 1"),
+    ("predict-dask", "--blocksize", "abc", "--blocksize abc: give a size such as 16MiB")])
+def test_counts_and_sizes_out_of_range_are_one_line(command, flag, value, fragment, tmp_path):
+    """--local-workers 0 used to wait forever for a worker, --top-k -3 cut the best scores, a bad --blocksize
+    was a traceback."""
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": GOOD}])
     assert_clean_error(run_cli(command, src, "-o", tmp_path / "out", flag, value), command, fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_dask_refuses_a_file_as_its_folder_and_a_binary_input(tiny_bundle, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": GOOD}])
+    (tmp_path / "taken").write_text("keep me")
+    assert_clean_error(run_cli("predict-dask", src, "-o", tmp_path / "taken", "--model", tiny_bundle), "predict-dask",
+                       "taken exists and is not a folder")
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\x00\xff\xfe\x89PNG")
+    assert_clean_error(run_cli("predict-dask", binary, "-o", tmp_path / "parts", "--model", tiny_bundle,
+                               "--local-workers", "1"), "predict-dask", f"{binary}: a binary file, not JSON Lines")
+    assert (tmp_path / "taken").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.jsonl", "in.jsonl", "taken"]
