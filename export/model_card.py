@@ -11,6 +11,7 @@ from pathlib import Path
 from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET
 from papertasks.evaluate import MICRO_F1_SLACK, policy_summary
 from papertasks.io import write_text
+from papertasks.paths import OFFLINE_BASE_NAME
 
 
 def _load(bundle: Path, name: str) -> dict:
@@ -121,10 +122,12 @@ def render_model_card(bundle: Path, name: str | None = None) -> str:
     if tolerance.get("int8_min_same_label_set", DEFAULT_MIN_SAME_SET) != DEFAULT_MIN_SAME_SET:
         export += f" --min-same-set {tolerance['int8_min_same_label_set']}"
     # bundles from before head_tail record no truncation: they were trained (and are served) with the head
+    # bundles exported before the base model was recorded by name were trained from the offline MiniLM
     training = {**config.get("training", {}), "truncation": config.get("truncation", "head")}
+    training["base_model"] = training.get("base_model") or OFFLINE_BASE_NAME
     lines += ["", "## Reproduce", "", "```bash", *reproduce_commands(data.get("config", {}), training),
               export,
-              f"papertasks evaluate --model deployment/models/{name} --data DATA_DIR --out reports/{name}",
+              f"papertasks evaluate --model deployment/models/{name} --data DATA_DIR --out reports/{name} --update-bundle",
               "```", ""]
     return "\n".join(lines)
 
