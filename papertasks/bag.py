@@ -17,6 +17,9 @@ from deployment.predictor import normalize_whitespace
 log = logging.getLogger(__name__)
 
 MAX_FEATURES = 50_000  # n-grams kept (most frequent first): 50k x labels float16 weights in bag.npz
+# at most this many float16 weights (about 5 MB in bag.npz), so a bundle stays under 30 MB: 38 arXiv
+# labels keep 50k n-grams, 145 Papers with Code tasks 17k
+MAX_WEIGHTS = 2_500_000
 MIN_DF = 2
 MIX_GRID = np.round(np.arange(0.0, 1.0001, 0.05), 2)  # encoder weights tried on validation
 
@@ -51,7 +54,7 @@ def fit_bag(tokenizer, texts: list[str], y: np.ndarray, max_features: int = MAX_
 
     vocab = tokenizer.get_vocab_size()
     token_ids = text_ids(tokenizer, [normalize_whitespace(t) for t in texts])
-    keys, idf = vocabulary(token_ids, vocab, max_features)
+    keys, idf = vocabulary(token_ids, vocab, min(max_features, MAX_WEIGHTS // y.shape[1]))
     bag = BagOfNgrams(keys, idf, vocab)
     x = feature_matrix(bag, token_ids)
     log.info("bag of n-grams: %d texts, %d features; fitting %d logistic regressions", len(texts), len(keys), y.shape[1])
