@@ -13,7 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 ARXIV = SHARED / "data" / "arxiv_cs.jsonl.gz"
-PWC = SHARED / "data" / "pwc_tasks.jsonl"
+PWC = SHARED / "data" / "pwc_tasks.jsonl"  # one task a paper: the single-label tests
+PWC_LEADERBOARD = SHARED / "data" / "pwc_leaderboard_tasks.jsonl.gz"  # several: the shipped pwc bundle
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

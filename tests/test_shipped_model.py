@@ -10,12 +10,14 @@ from sklearn.metrics import f1_score
 
 import pytest
 
-from conftest import PWC, REPO, require
+from conftest import PWC_LEADERBOARD, REPO, require
 from deployment.predictor import Predictor, compose_text
 from papertasks.data import ARXIV_ALIASES, label_matrix
 
 MODELS = REPO / "deployment" / "models"
 BUNDLE = MODELS / "arxiv"
+# `papertasks evaluate` measured 0.554 and 0.684 on these 772 papers (docs/results.md); TF-IDF 0.552 / 0.646
+MIN_PWC_MICRO_F1, MIN_PWC_PRECISION_AT_1 = 0.53, 0.65
 
 
 @pytest.mark.parametrize("name", ["arxiv", "pwc"])
@@ -52,18 +54,22 @@ def test_shipped_model_tags_unseen_papers(arxiv_file):
     assert truth[np.arange(len(top1)), top1].mean() > 0.8  # precision@1
 
 
-def test_shipped_task_model_names_the_task_of_unseen_papers(tmp_path):
-    """The Papers with Code bundle on its own test split, rebuilt here from the recorded prepare settings."""
+def test_shipped_task_model_tags_the_tasks_of_a_later_year(tmp_path):
+    """The Papers with Code bundle on the papers of 2022 (trained on 2007..2021), the split rebuilt here from
+    the recorded prepare settings, scored live: its tasks are many and rare, so the bar is far above chance
+    (145 tasks) and under what `evaluate` measured (docs/results.md)."""
     from papertasks.data import PrepareConfig, prepare, read_split
 
     predictor = Predictor(MODELS / "pwc")
     recorded = json.loads((MODELS / "pwc" / "config.json").read_text())["trained_on"]["config"]
-    prepare(PrepareConfig(inputs=[str(require(PWC))], out=str(tmp_path), min_count=recorded["min_count"],
-                          seed=recorded["seed"]))
+    prepare(PrepareConfig(inputs=[str(require(PWC_LEADERBOARD))], out=str(tmp_path), min_count=recorded["min_count"],
+                          split_by=recorded["split_by"], test_from=recorded["test_from"], seed=recorded["seed"],
+                          labels_json=str(tmp_path / "labels.json")))
+    assert json.loads((tmp_path / "labels.json").read_text()) == json.loads((MODELS / "pwc" / "labels.json").read_text())
     test = read_split(tmp_path, "test")
-    assert len(test) > 200
-    truth = label_matrix(test["labels"], predictor.labels).argmax(axis=1)
+    assert len(test) > 700 and (test["date"] >= "2022-01").all()
+    truth = label_matrix(test["labels"], predictor.labels)
     probs = predictor.predict_proba(test["text"].tolist())
-    assert (probs.argmax(axis=1) == truth).mean() > 0.6  # 27 tasks: chance is under 0.12
-    top3 = np.argsort(-probs, axis=1)[:, :3]
-    assert (top3 == truth[:, None]).any(axis=1).mean() > 0.8
+    assert f1_score(truth, predictor.decide(probs), average="micro") > MIN_PWC_MICRO_F1
+    top1 = probs.argmax(axis=1)
+    assert truth[np.arange(len(top1)), top1].mean() > MIN_PWC_PRECISION_AT_1
