@@ -13,6 +13,15 @@ DEFAULT_BASE_MODEL = "distilroberta-base"  # what the original used; the default
 OFFLINE_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def bundle_path(model: str) -> str:
+    """`--model` as given: a bundle folder, or the name of a model served from deployment/models
+    (`--model pwc`, as the API's `"model": "pwc"`)."""
+    named = Path(DEFAULT_MODELS_DIR) / model
+    if not Path(model).exists() and Path(model).name == model and (named / "model.onnx").is_file():
+        return str(named)
+    return model
+
+
 def labels_json_for(name: str) -> str:
     """json_files/<name>/labels.json: the vocabulary (and, beside it, thresholds) of model `name`,
     named after the prepared data folder (data/arxiv -> json_files/arxiv/)."""

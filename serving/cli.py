@@ -7,7 +7,7 @@ import os
 from deployment.predictor import ALLOW_UNSIGNED_ENV, POLICIES
 from papertasks.cli_support import use_defaults
 from papertasks.errors import UserError
-from papertasks.paths import DEFAULT_BUNDLE, DEFAULT_MODELS_DIR
+from papertasks.paths import DEFAULT_BUNDLE, DEFAULT_MODELS_DIR, bundle_path
 
 
 THRESHOLD_HELP = ("one threshold for every label, as the API's `threshold` (default: the bundle's tuned "
@@ -28,7 +28,7 @@ def _predict(args):
     allow_unsigned(args)
     from serving.batch import predict_file
 
-    predict_file(args.input, args.output, model_dir=args.model, batch_size=args.batch_size,
+    predict_file(args.input, args.output, model_dir=bundle_path(args.model), batch_size=args.batch_size,
                  text_field=args.text_field, top_k=args.top_k, workers=args.workers, threshold=args.threshold,
                  explain=args.explain, policy=args.policy)
 
@@ -37,7 +37,7 @@ def _predict_dask(args):
     allow_unsigned(args)
     from serving.distributed import predict_with_dask
 
-    predict_with_dask(args.inputs, args.output, args.model, scheduler=args.scheduler, blocksize=args.blocksize,
+    predict_with_dask(args.inputs, args.output, bundle_path(args.model), scheduler=args.scheduler, blocksize=args.blocksize,
                       top_k=args.top_k, batch_size=args.batch_size, local_workers=args.local_workers,
                       threshold=args.threshold, policy=args.policy)
 
@@ -61,7 +61,7 @@ def _app(args):
     allow_unsigned(args)
     from deployment.app import launch
 
-    launch(model_dir=args.model, host=args.host, port=args.port, share=args.share)
+    launch(model_dir=bundle_path(args.model), host=args.host, port=args.port, share=args.share)
 
 
 def _serve(args):
@@ -80,7 +80,7 @@ def _worker(args):
 
     if not args.redis_url:
         raise UserError("no Redis: pass --redis-url redis://HOST:6379/0 (or set PAPERTASKS_REDIS_URL)")
-    run_worker(args.redis_url, args.queue, model_dir=args.model, burst=args.burst, name=args.name)
+    run_worker(args.redis_url, args.queue, model_dir=bundle_path(args.model), burst=args.burst, name=args.name)
 
 
 def register(sub) -> None:
@@ -92,7 +92,8 @@ def register(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("input", help="JSONL / CSV / Parquet with `text` or title + abstract")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--model", default=DEFAULT_BUNDLE)
+    p.add_argument("--model", default=DEFAULT_BUNDLE,
+                   help="a bundle folder, or the name of a model in deployment/models (arxiv, pwc)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--text-field")
     p.add_argument("--top-k", type=int, help="keep only the K best scores per line")

@@ -160,3 +160,16 @@ def test_dask_local_cluster_runs_the_same_predictor(tiny_bundle, tiny_data, tmp_
         assert max(abs(got["scores"][k] - want["scores"][k]) for k in want["scores"]) < 0.02
     assert_clean_error(run_cli("predict-dask", src, "-o", tmp_path / "parts", "--model", tiny_bundle),
                        "predict-dask", "not empty")
+
+
+def test_predict_takes_a_served_model_by_name(tmp_path):
+    """`--model pwc` is deployment/models/pwc, as the API's "model": "pwc"."""
+    from conftest import REPO
+
+    text = "Deep residual learning. Residual networks for ImageNet classification and COCO object detection."
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": "resnet", "text": text}])
+    result = run_cli("predict", src, "-o", tmp_path / "out.jsonl", "--model", "pwc")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads((tmp_path / "out.jsonl").read_text())
+    expected = Predictor(REPO / "deployment" / "models" / "pwc").predict([text])[0]
+    assert out["labels"] == expected["labels"] and out["scores"] == expected["scores"]
