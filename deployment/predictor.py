@@ -194,7 +194,10 @@ class Predictor:
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             batch = [texts[i] for i in idx]
-            probs[idx] = self.served_probabilities(self.probabilities(self._logits(batch)), batch)
+            if self.bag is not None and self.encoder_weight == 0:  # validation gave the encoder no say: skip it
+                probs[idx] = self.bag_probabilities(batch)
+            else:
+                probs[idx] = self.served_probabilities(self.probabilities(self._logits(batch)), batch)
         return probs
 
     def served_probabilities(self, encoder_probs: np.ndarray, texts: list[str]) -> np.ndarray:

@@ -73,3 +73,18 @@ def test_shipped_task_model_tags_the_tasks_of_a_later_year(tmp_path):
     assert f1_score(truth, predictor.decide(probs), average="micro") > MIN_PWC_MICRO_F1
     top1 = probs.argmax(axis=1)
     assert truth[np.arange(len(top1)), top1].mean() > MIN_PWC_PRECISION_AT_1
+
+
+def test_an_encoder_weighted_0_is_not_run(monkeypatch):
+    """The Papers with Code bundle's encoder got weight 0 on validation: its scores are the bag's, and
+    the ONNX encoder is skipped rather than run for nothing."""
+    predictor = Predictor(MODELS / "pwc")
+    assert predictor.bag is not None and predictor.encoder_weight == 0
+    texts = ["Deep residual learning. Residual networks for ImageNet classification.", "Graph attention networks."]
+    expected = predictor.bag_probabilities(texts)
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the encoder ran")
+
+    monkeypatch.setattr(predictor.session, "run", no_encoder)
+    assert np.array_equal(predictor.predict_proba(texts), expected)
