@@ -98,11 +98,13 @@ def choose_policy(y: np.ndarray, probs: np.ndarray, min_positives: int) -> tuple
         halves = np.array_split(np.random.default_rng(seed).permutation(len(y)), 2)
         for tune, score in (halves, halves[::-1]):
             global_t, _, own = _own_thresholds(y[tune], probs[tune], min_positives / 2)
-            for shrink, r in settings:
+            positives = y[tune].sum(axis=0)
+            for shrink in SHRINK_GRID:
                 cut = np.full(y.shape[1], global_t)
-                for j, t in _shrunk(global_t, own, y[tune].sum(axis=0), shrink).items():
+                for j, t in _shrunk(global_t, own, positives, shrink).items():
                     cut[j] = t
-                held_out[shrink, r] += _micro_macro(y[score], tuned_decisions(probs[score], cut, r))
+                for r in RELATIVE_GRID:
+                    held_out[shrink, r] += _micro_macro(y[score], tuned_decisions(probs[score], cut, r))
     mean = {s: v / (2 * POLICY_REPEATS) for s, v in held_out.items()}
     floor = mean[None, 0.0][0] - MICRO_F1_SLACK
     best = max((s for s in settings if mean[s][0] >= floor),
