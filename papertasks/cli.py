@@ -15,7 +15,7 @@ import sys
 from deployment.truncation import STRATEGIES
 from export.cli import register as register_export
 from papertasks.baseline import run_baseline
-from papertasks.cli_support import use_defaults
+from papertasks.cli_support import check_count, use_defaults
 from papertasks.compare import compare_reports
 from papertasks.data import PROBLEMS, PrepareConfig
 from papertasks.errors import UserError
@@ -45,9 +45,7 @@ the pipeline, end to end:
 def _prepare(args):
     from papertasks.data import prepare
 
-    cfg = PrepareConfig(**{k: v for k, v in vars(args).items() if k in PrepareConfig.__dataclass_fields__})
-    cfg.labels_json = cfg.labels_json or labels_json_for(args.out)
-    prepare(cfg)
+    prepare(PrepareConfig(**{k: v for k, v in vars(args).items() if k in PrepareConfig.__dataclass_fields__}))
 
 
 def _train(args):
@@ -105,7 +103,6 @@ def _refit_head(args):
 
 def _evaluate(args):
     from papertasks.evaluate import bundle_metrics
-    from serving.batch import check_count
 
     check_count("--batch-size", args.batch_size)
     report = evaluate_bundle(args.model, args.data, args.out, batch_size=args.batch_size,
@@ -160,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problem", choices=("auto",) + PROBLEMS,
                    help="auto: multi-class (binary with 2 labels) when every row has one label, else multi-label")
     p.add_argument("--labels-json",
-                   help="where else to write label -> index (default: json_files/<name of --out>/labels.json)")
+                   help="also write label -> index here, e.g. json_files/arxiv/labels.json for the copy that travels with "
+                        "a shipped model (default: only --out/labels.json)")
     p.add_argument("--seed", type=int)
     p.add_argument("--extra", nargs="+", metavar="FILE",
                    help="corrected rows (id, text, labels; e.g. from `papertasks feedback export`): their labels "

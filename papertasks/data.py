@@ -10,6 +10,7 @@ import csv
 import gzip
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deployment.inputs import ID_FIELDS, InputError, MalformedRow, csv_records
-from deployment.predictor import compose_text, normalize_whitespace
+from deployment.inputs import ID_FIELDS, InputError, MalformedRow, csv_records, read_row
+from papertasks.cli_support import check_count, check_fraction
 from papertasks.errors import UserError
 from papertasks.io import atomic_path, write_json, write_text
 
@@ -59,7 +60,7 @@ class PrepareConfig:
     max_rows: int | None = None
     fold_aliases: bool = True
     problem: str = "auto"  # or one of PROBLEMS
-    labels_json: str | None = None  # the CLI passes json_files/<name>/labels.json
+    labels_json: str | None = None  # another copy of labels.json, only where asked (e.g. json_files/arxiv/labels.json)
     seed: int = 42
     extra: list[str] | None = None  # corrections (e.g. `papertasks feedback export`): their labels win
 
@@ -108,9 +109,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def parse_labels(value, sep: str | None = None) -> list[str]:
-    """A list/array of labels, or one delimited string ('cs.CL, cs.LG' or 'a|b' or 'a;b')."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    """A list/array of labels, one delimited string ('cs.CL, cs.LG' or 'a|b' or 'a;b'), or one whole number
+    (a class id; pandas reads a column of them with gaps as floats)."""
+    value = _cell(value)
+    if value is None:
         return []
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        return [str(int(value))]
+    if not isinstance(value, (str, list, tuple, np.ndarray)):
+        raise UserError(f"a label value is a {type(value).__name__} ({str(value)[:60]}); give a list of labels, "
+                        "one delimited string or a whole number")
     if isinstance(value, str):
         value = value.strip()
         if value.startswith("["):
@@ -124,6 +132,14 @@ def parse_labels(value, sep: str | None = None) -> list[str]:
     return [str(v).strip() for v in value if str(v).strip()]
 
 
+def _cell(value):
+    """A table cell as the JSON value it was: None for no value (NaN: pandas fills a field that some rows
+    lack with it; pd.NA), a Python number for a numpy one."""
+    if value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _pick(columns, wanted: str | None, candidates, what: str) -> str | None:
     if wanted:
         if wanted not in columns:
@@ -133,7 +149,9 @@ def _pick(columns, wanted: str | None, candidates, what: str) -> str | None:
 
 
 def to_examples(df: pd.DataFrame, cfg: PrepareConfig, source: str) -> pd.DataFrame:
-    """Raw table -> columns id, text, labels (list), date (if --split-by)."""
+    """Raw table -> columns id, text, labels (list), error, date (if --split-by). A row's text follows the
+    rule every front end applies (deployment.inputs.read_row): one that is not a string, is empty, too long,
+    or holds a NUL or a lone surrogate gets `error` ('FILE row N: why'), and `clean` drops and counts it."""
     cols = list(df.columns)
     if df.empty:
         raise UserError(f"{source}: no rows")
@@ -143,19 +161,23 @@ def to_examples(df: pd.DataFrame, cfg: PrepareConfig, source: str) -> pd.DataFra
                         f"set --label-field); columns are: {', '.join(map(str, cols))}")
     text_col = _pick(cols, cfg.text_field, ("text",), "text")
     if text_col is not None:
-        texts = df[text_col].map(lambda t: normalize_whitespace(str(t)) if t is not None else "")
+        fields = {text_col: text_col}
     else:
         missing = [c for c in (cfg.title_field, cfg.abstract_field) if c not in cols]
         if missing:
             raise UserError(f"{source}: no 'text' column and no {' / '.join(missing)} column; "
                             f"columns are: {', '.join(map(str, cols))}")
-        texts = [compose_text(t if isinstance(t, str) else "", a if isinstance(a, str) else "")
-                 for t, a in zip(df[cfg.title_field], df[cfg.abstract_field])]
+        fields = {"title": cfg.title_field, "abstract": cfg.abstract_field}
+    name = Path(source).name
+    rows = [read_row({key: _cell(v) for key, v in zip(fields, values)}, i, text_col)
+            for i, values in enumerate(zip(*(df[column] for column in fields.values())))]
     id_col = _pick(cols, cfg.id_field, ID_FIELDS, "id")
+    ids = [_cell(v) for v in df[id_col]] if id_col else [None] * len(df)
     out = pd.DataFrame({
-        "id": df[id_col].astype(str).values if id_col else [f"{Path(source).name}:{i}" for i in range(len(df))],
-        "text": list(texts),
+        "id": [str(v) if v is not None and str(v).strip() else f"{name}:{i}" for i, v in enumerate(ids)],
+        "text": [row["text"] for row in rows],
         "labels": [parse_labels(v, cfg.label_sep) for v in df[label_col]],
+        "error": [f"{name} row {row['id']}: {row['error']}" if "error" in row else "" for row in rows],
     })
     if cfg.split_by:
         if cfg.split_by not in cols:
@@ -165,10 +187,15 @@ def to_examples(df: pd.DataFrame, cfg: PrepareConfig, source: str) -> pd.DataFra
 
 
 def clean(df: pd.DataFrame, fold_aliases: bool) -> tuple[pd.DataFrame, dict]:
-    """Drop empty texts, fold label aliases, de-duplicate by id and by text."""
+    """Drop the rows whose text is unusable (empty, not a string, ...: to_examples' `error`), fold label
+    aliases, de-duplicate by id and by text."""
     stats = {"rows_read": len(df)}
-    df = df[df["text"].str.len() > 0]
-    stats["empty_text_dropped"] = stats["rows_read"] - len(df)
+    unusable = df["error"] != ""
+    stats["unusable_text_dropped"] = int(unusable.sum())
+    if unusable.any():
+        log.warning("%d rows dropped: their text is unusable (the first: %s)", unusable.sum(),
+                    df["error"][unusable].iloc[0])
+    df = df[~unusable].drop(columns="error")
     if fold_aliases:
         df = df.assign(labels=[sorted({ARXIV_ALIASES.get(lab, lab) for lab in labs}) for labs in df["labels"]])
     else:
@@ -200,10 +227,14 @@ def label_matrix(label_lists, labels: list[str]) -> np.ndarray:
     return y
 
 
-def stratified_holdout(y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Iterative stratification (Sechidis et al.) so rare labels appear in both parts."""
+def stratified_holdout(y: np.ndarray, frac: float, seed: int, flag: str) -> tuple[np.ndarray, np.ndarray]:
+    """Iterative stratification (Sechidis et al.) so rare labels appear in both parts; `flag` names the
+    option `frac` comes from when too few rows leave one part empty."""
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
+    if math.ceil(frac * len(y)) >= len(y):  # the held-out part, rounded up as scikit-learn does, takes every row
+        raise UserError(f"too few labeled rows ({len(y)}) to hold out {flag} and keep rows to train on; "
+                        "give more rows or a smaller fraction")
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=frac, random_state=seed)
     keep, hold = next(splitter.split(np.zeros(len(y)), y))
     return np.sort(keep), np.sort(hold)
@@ -235,15 +266,15 @@ def split(df: pd.DataFrame, cfg: PrepareConfig) -> tuple[dict[str, pd.DataFrame]
         labels, counts = choose_labels((train if cfg.valid_from else past)["labels"], cfg.min_count, cfg.top_k)
         _require_labels(labels, counts, cfg)
         if not cfg.valid_from:
-            tr, va = stratified_holdout(label_matrix(past["labels"], labels), cfg.valid_frac, cfg.seed)
+            tr, va = stratified_holdout(label_matrix(past["labels"], labels), cfg.valid_frac, cfg.seed, "--valid-frac")
             train, valid = past.iloc[tr], past.iloc[va]
         parts = {"train": train, "valid": valid, "test": test}
     else:
         labels, counts = choose_labels(df["labels"], cfg.min_count, cfg.top_k)
         _require_labels(labels, counts, cfg)
         y = label_matrix(df["labels"], labels)
-        rest, te = stratified_holdout(y, cfg.test_frac, cfg.seed)
-        tr, va = stratified_holdout(y[rest], cfg.valid_frac / (1 - cfg.test_frac), cfg.seed)
+        rest, te = stratified_holdout(y, cfg.test_frac, cfg.seed, "--test-frac")
+        tr, va = stratified_holdout(y[rest], cfg.valid_frac / (1 - cfg.test_frac), cfg.seed, "--valid-frac")
         parts = {"train": df.iloc[rest[tr]], "valid": df.iloc[rest[va]], "test": df.iloc[te]}
     keep = set(labels)
     for name, part in parts.items():
@@ -283,6 +314,9 @@ def _require_labels(labels, counts, cfg):
         top = max(counts.values()) if counts else 0
         raise UserError(f"no label has at least --min-count {cfg.min_count} examples (the most frequent has {top}); "
                         "lower --min-count")
+    if len(labels) == 1:  # every row left would have it: nothing to tell apart
+        raise UserError(f"only one label ({labels[0]}) is left of the {len(counts)} found; a classifier needs at "
+                        "least 2: give more rows, lower --min-count or raise --top-k")
 
 
 # ---------------------------------------------------------------- writing
@@ -348,6 +382,19 @@ def merge_extra(df: pd.DataFrame, extra: pd.DataFrame) -> tuple[pd.DataFrame, di
     return pd.concat([df, new[df.columns]], ignore_index=True), stats
 
 
+def check_settings(cfg: PrepareConfig) -> None:
+    """Counts at least 1 and fractions strictly between 0 and 1, before anything is read."""
+    check_count("--min-count", cfg.min_count)
+    for flag, value in (("--top-k", cfg.top_k), ("--max-rows", cfg.max_rows)):
+        if value is not None:
+            check_count(flag, value)
+    check_fraction("--valid-frac", cfg.valid_frac)
+    check_fraction("--test-frac", cfg.test_frac)
+    if not cfg.split_by and cfg.valid_frac + cfg.test_frac >= 1:
+        raise UserError(f"--valid-frac {cfg.valid_frac} and --test-frac {cfg.test_frac} leave no training rows; "
+                        "their sum must be below 1")
+
+
 def check_outputs(cfg: PrepareConfig) -> None:
     """`--out` must not be the folder of an input, nor `--labels-json` an input: prepare writes its
     files there, and raw data is never modified."""
@@ -363,11 +410,12 @@ def check_outputs(cfg: PrepareConfig) -> None:
 
 
 def prepare(cfg: PrepareConfig) -> dict:
+    check_settings(cfg)
     check_outputs(cfg)
     out = Path(cfg.out)
     frames = [to_examples(read_table(p), cfg, str(p)) for p in cfg.inputs]
     df = pd.concat(frames, ignore_index=True)
-    if cfg.max_rows and len(df) > cfg.max_rows:
+    if cfg.max_rows is not None and len(df) > cfg.max_rows:
         df = df.sample(cfg.max_rows, random_state=cfg.seed).reset_index(drop=True)
     extra_stats = {}
     if cfg.extra:  # read as `feedback export` writes them: id, text, labels
@@ -379,8 +427,11 @@ def prepare(cfg: PrepareConfig) -> dict:
     no_label = df["labels"].map(len) == 0
     stats["unlabeled_dropped"] = int(no_label.sum())
     df = df[~no_label].reset_index(drop=True)
-    if df.empty:
-        raise UserError("no labeled rows left after cleaning")
+    if len(df) < len(SPLITS):
+        raise UserError(f"{len(df)} labeled row{'s' * (len(df) != 1)} left of {stats['rows_read']} read "
+                        f"({stats['unusable_text_dropped']} with an unusable text, {stats['duplicates_dropped']} "
+                        f"duplicate ids or texts, {stats['unlabeled_dropped']} without a label); a train / valid / test "
+                        f"split needs at least {len(SPLITS)}")
     parts, labels, counts = split(df, cfg)
     vocab = {lab: i for i, lab in enumerate(labels)}
     problem = detect_problem([labs for part in parts.values() for labs in part["labels"]], len(labels), cfg.problem)
@@ -415,7 +466,7 @@ def prepare(cfg: PrepareConfig) -> dict:
 def render_report(report: dict) -> str:
     lines = [
         "# Data report", "",
-        f"- rows read: {report['cleaning']['rows_read']}; empty text dropped: {report['cleaning']['empty_text_dropped']}; "
+        f"- rows read: {report['cleaning']['rows_read']}; unusable text dropped: {report['cleaning']['unusable_text_dropped']}; "
         f"duplicates dropped: {report['cleaning']['duplicates_dropped']}; unlabeled dropped: {report['cleaning']['unlabeled_dropped']}",
         f"- problem: {report['problem']}",
         f"- labels: {report['labels_before']} before pruning -> {report['labels_after']} after "

@@ -16,6 +16,7 @@ from pathlib import Path
 from deployment.explain import add_explanations
 from deployment.inputs import InputError, check_text_columns, csv_records, json_object_line, predict_rows, read_row
 from deployment.predictor import POLICIES, BundleError, Predictor
+from papertasks.cli_support import check_count
 from papertasks.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,6 @@ def _score_chunk(job: tuple) -> list[str]:
     if explain:
         add_explanations(_predictor, rows, results, threshold, policy=policy)
     return [json.dumps(record, ensure_ascii=False) + "\n" for record in results]
-
-
-def check_count(flag: str, value: int, most: int | None = None) -> None:
-    """A count flag (--batch-size, --workers, --local-workers) must be at least 1 and, for processes, at most
-    the cores: 0 or less would score nothing (or garbage), more than the cores only adds contention."""
-    if value < 1:
-        raise UserError(f"{flag} {value}: give at least 1")
-    if most is not None and value > most:
-        raise UserError(f"{flag} {value}: this machine has {most} cores; give at most {most}")
 
 
 def check_output(src: Path, out: Path) -> None:

@@ -26,6 +26,7 @@ import shutil
 from functools import lru_cache
 from pathlib import Path
 
+from papertasks.cli_support import check_count
 from papertasks.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def predict_with_dask(inputs: str, output_dir: str, model_dir: str, scheduler: s
     from deployment.inputs import InputError
     from deployment.predictor import BundleError
 
-    from serving.batch import check_count, check_threshold
+    from serving.batch import check_threshold
 
     check_count("--batch-size", batch_size)
     if top_k is not None:

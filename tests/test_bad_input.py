@@ -262,3 +262,82 @@ def test_predict_dask_refuses_a_file_as_its_folder_and_a_binary_input(tiny_bundl
                                "--local-workers", "1"), "predict-dask", f"{binary}: a binary file, not JSON Lines")
     assert (tmp_path / "taken").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.jsonl", "in.jsonl", "taken"]
+
+
+# ---------------------------------------------------------------- G: prepare's edge cases
+
+def _papers(n: int, **fields) -> list[dict]:
+    """`n` distinct labeled papers, two labels in turn."""
+    return [{"id": str(i), "text": f"{GOOD} Paper {i}.", "labels": [("cs.LG", "cs.CL")[i % 2]], **fields}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("rows, args, fragment", [
+    (_papers(1), [], "1 labeled row left of 1 read"),
+    (_papers(2), [], "2 labeled rows left of 2 read"),
+    (_papers(40, id="same"), [], "1 labeled row left of 40 read (0 with an unusable text, 39 duplicate ids or texts"),
+    (_papers(3), ["--test-frac", "0.8"], "too few labeled rows (3) to hold out --test-frac"),
+    (_papers(40), ["--valid-frac", "0"], "--valid-frac 0.0: give a fraction between 0 and 1"),
+    (_papers(40), ["--valid-frac", "1"], "--valid-frac 1.0: give a fraction between 0 and 1"),
+    (_papers(40), ["--test-frac", "-0.2"], "--test-frac -0.2: give a fraction between 0 and 1"),
+    (_papers(40), ["--valid-frac", "0.5", "--test-frac", "0.5"], "their sum must be below 1"),
+    (_papers(40), ["--top-k", "-3"], "--top-k -3: give at least 1"),
+    (_papers(40), ["--top-k", "0"], "--top-k 0: give at least 1"),
+    (_papers(40), ["--top-k", "1"], "only one label (cs.CL) is left of the 2 found"),
+    (_papers(40), ["--max-rows", "0"], "--max-rows 0: give at least 1"),
+    (_papers(40), ["--max-rows", "-5"], "--max-rows -5: give at least 1"),
+    (_papers(40), ["--min-count", "0"], "--min-count 0: give at least 1")])
+def test_prepare_edge_cases_are_one_line_and_write_nothing(rows, args, fragment, tmp_path):
+    """They used to end in scikit-learn tracebacks (1-2 rows, duplicate ids, a fraction of 0 or 1) or be
+    accepted silently (--top-k -3 cut from the wrong end, --max-rows 0 meant no limit)."""
+    src = write_jsonl(tmp_path / "raw.jsonl", rows)
+    out = tmp_path / "data"
+    assert_clean_error(run_cli("prepare", src, "--out", out, "--labels-json", tmp_path / "vocab.json", *args),
+                       "prepare", fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.jsonl"]
+
+
+def test_prepare_drops_and_counts_non_string_texts(tmp_path):
+    """A number, a list or an object as text, title or abstract used to be str()-ed (or blanked) and trained on."""
+    from papertasks.data import parse_labels
+    from papertasks.errors import UserError
+
+    rows = _papers(40)
+    rows[3]["text"] = 42
+    rows[5]["text"] = ["a", "list"]
+    rows[7] = {"id": "7", "title": {"an": "object"}, "abstract": "We predict.", "labels": ["cs.CL"]}
+    rows[9] = {"id": "9", "title": "Graph networks", "abstract": 3.5, "labels": ["cs.CL"]}
+    src = write_jsonl(tmp_path / "raw.jsonl", rows)
+    out = tmp_path / "data"
+    result = run_cli("prepare", src, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "4 rows dropped: their text is unusable (the first: raw.jsonl row 3: 'text' is a number, not a string" \
+        in result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["cleaning"]["unusable_text_dropped"] == 4
+    assert "unusable text dropped: 4" in (out / "report.md").read_text()
+    kept = {r["id"] for name in ("train", "valid", "test") for r in read_jsonl(out / f"{name}.jsonl")}
+    assert kept == {str(i) for i in range(40)} - {"3", "5", "7", "9"}
+    assert parse_labels(3) == ["3"] and parse_labels(2.0) == ["2"]  # class ids (a column with gaps is float)
+    with pytest.raises(UserError, match="a label value is a dict"):
+        parse_labels({"a": 1})
+
+
+def test_prepare_writes_nothing_outside_its_out_folder(tmp_path):
+    """It used to write json_files/<basename of --out>/labels.json in the checkout: two runs whose --out
+    folders share a name overwrote each other's vocabulary there (and a tracked file was overwritten)."""
+    from conftest import REPO
+
+    name = f"issue21-{tmp_path.name}"
+    shared = REPO / "json_files" / name
+    try:
+        for folder, labels in (("a", ("cs.LG", "cs.CL")), ("b", ("cs.CV", "cs.RO"))):
+            src = write_jsonl(tmp_path / f"{folder}.jsonl",
+                              [{**row, "labels": [labels[i % 2]]} for i, row in enumerate(_papers(40))])
+            result = run_cli("prepare", src, "--out", tmp_path / folder / name)
+            assert result.returncode == 0, result.stderr[-2000:]
+        assert not shared.exists()
+        for folder, labels in (("a", {"cs.LG", "cs.CL"}), ("b", {"cs.CV", "cs.RO"})):
+            assert set(json.loads((tmp_path / folder / name / "labels.json").read_text())) == labels
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
