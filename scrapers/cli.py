@@ -92,7 +92,12 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--dry-run", action="store_true", help="print the requests the run would start with; write nothing")
     polite = common.add_argument_group("politeness")
     polite.add_argument("--delay", type=float, default=3.0, help="seconds between requests; arXiv asks for 3 (default: %(default)s)")
-    polite.add_argument("--timeout", type=float, default=30.0, help="seconds before a silent request counts as failed (default: %(default)s)")
+    polite.add_argument("--timeout", type=float, default=HttpSettings.timeout,
+                        help="seconds a request may take, to the last byte of its answer (a streamed dump: the most "
+                             "between two reads) before it counts as failed (default: %(default)s)")
+    polite.add_argument("--max-body-mb", type=float, default=HttpSettings.max_body_bytes / 2**20,
+                        help="largest answer read, in MiB; a larger one fails without being read whole (the pwc-dump "
+                             "download is streamed, with no limit) (default: %(default)s)")
     polite.add_argument("--max-retries", type=int, default=5, help="retries after 429/5xx/timeouts/bad bodies (default: %(default)s)")
     polite.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry; doubles, capped at 120 (default: %(default)s)")
     polite.add_argument("--contact", default=os.environ.get("PAPERTASKS_CONTACT"),
@@ -190,14 +195,16 @@ def _scrape(args, make_source) -> None:
                                  ("--backoff", args.backoff, 0)):
         if value < minimum:
             raise UserError(f"{name} must be >= {minimum}, got {value}")
-    if args.timeout <= 0:
-        raise UserError(f"--timeout must be > 0, got {args.timeout}")
+    for name, value in (("--timeout", args.timeout), ("--max-body-mb", args.max_body_mb)):
+        if not value > 0:
+            raise UserError(f"{name} must be > 0, got {value}")
     if args.max is not None and args.max < 1:
         raise UserError(f"--max must be >= 1, got {args.max}")
     if not args.contact and not args.dry_run:
         log.warning("no --contact (or $PAPERTASKS_CONTACT): please give an e-mail so site operators can reach you")
     client = PoliteClient(HttpSettings(delay=args.delay, timeout=args.timeout, max_retries=args.max_retries,
-                                       backoff=args.backoff, contact=args.contact))
+                                       backoff=args.backoff, contact=args.contact,
+                                       max_body_bytes=int(args.max_body_mb * 2**20)))
     source = make_source(client)
     options = RunOptions(Path(args.output), args.max, getattr(args, "require_tasks", False), args.dry_run)
     try:

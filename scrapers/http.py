@@ -1,7 +1,11 @@
 """A polite HTTP client: one shared delay between requests, Retry-After, capped backoff, a clear User-Agent.
 
 Every source fetches through `PoliteClient`, so the rules that keep us welcome on arXiv and PwC
-mirrors (about one request every 3 s, back off when told) live in one place.
+mirrors (about one request every 3 s, back off when told) live in one place. So do the limits that
+keep a server from holding us: `timeout` bounds the wait for the headers (each read, as requests does)
+and is a deadline for the request as a whole, to the last byte of its body (a server dripping a byte at
+a time is cut off there), and a body is read in pieces up to `max_body_bytes`, never whole. Only a
+streamed download (the PwC dump) is read by its caller.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Callable, TypeVar
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from papertasks.errors import UserError
 
@@ -22,6 +27,7 @@ AGENT_NAME = "papertasks-scraper"
 AGENT_VERSION = "0.1"
 BACKOFF_CAP_S = 120.0  # longest wait between retries of a 5xx / timeout / bad body
 RETRY_AFTER_CAP_S = 600.0  # never sleep longer than this on one Retry-After
+READ_PIECE = 65536  # bytes asked for per read of a body; a read returns whatever has arrived
 
 T = TypeVar("T")
 
@@ -39,6 +45,10 @@ class HttpStatusError(FetchError):
         self.body = body
 
 
+class BodyTooLarge(FetchError):
+    """An answer larger than --max-body-mb: not retried (it would be as large again)."""
+
+
 class BadResponse(ValueError):
     """Raised by a parse callback when a 200 body is unusable (truncated XML, ...): retried like a 5xx."""
 
@@ -46,7 +56,8 @@ class BadResponse(ValueError):
 @dataclass
 class HttpSettings:
     delay: float = 3.0  # seconds between the end of one request and the start of the next
-    timeout: float = 30.0
+    timeout: float = 30.0  # seconds for the whole answer; for a streamed one, the most between two reads
+    max_body_bytes: int = 64 * 2**20  # the largest answer read (after gzip): far above any page, far below a dump
     max_retries: int = 5
     backoff: float = 2.0  # first wait after a 5xx/timeout; doubles each retry up to BACKOFF_CAP_S
     contact: str | None = None
@@ -130,10 +141,47 @@ class PoliteClient:
                 time.sleep(gap)
         self.requests_made += 1
         log.debug("GET %s %s", url, params or "")
+        deadline = time.monotonic() + self.settings.timeout
         try:
-            response = self.session.get(url, params=params, timeout=self.settings.timeout, stream=stream)
-            if not stream:
-                response.content  # read the body inside the try: a stalled body is a timeout too
+            response = self.session.get(url, params=params, timeout=self.settings.timeout, stream=True)
+            if not stream or not response.ok:  # an error page is read as a page is, a dump by its caller
+                self._read_body(response, deadline)
             return response
         finally:
             self._last_request_end = time.monotonic()
+
+    def _read_body(self, response: requests.Response, deadline: float) -> None:
+        """Read the body into `response.content` by the deadline and under the size cap; the connection is
+        closed afterwards (the socket's timeout was the deadline's, so it is not reused)."""
+        cap = self.settings.max_body_bytes
+        declared = response.headers.get("Content-Length", "")
+        try:
+            if declared.isdigit() and int(declared) > cap:
+                raise self._too_large(response, f"says it is {int(declared):,} bytes")
+            body = bytearray()
+            while piece := self._read_piece(response, deadline):
+                body += piece
+                if len(body) > cap:
+                    raise self._too_large(response, f"goes on past {cap:,} bytes")
+            response._content = bytes(body)  # what response.content, .text and .json() return
+        finally:
+            response.close()
+
+    def _read_piece(self, response: requests.Response, deadline: float) -> bytes:
+        """Whatever part of the body has arrived (b"" at its end), waiting no later than the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise requests.exceptions.ReadTimeout(f"no complete answer within {self.settings.timeout:g} s")
+        connection = response.raw.connection
+        if connection is not None and connection.sock is not None:
+            connection.sock.settimeout(remaining)
+        try:
+            return response.raw.read1(READ_PIECE, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError as e:
+            raise requests.exceptions.ReadTimeout(str(e)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:  # a connection cut short, a broken gzip stream
+            raise requests.exceptions.ChunkedEncodingError(str(e)) from None
+
+    def _too_large(self, response: requests.Response, what: str) -> BodyTooLarge:
+        return BodyTooLarge(f"GET {response.url}: the answer {what}, over the {self.settings.max_body_bytes / 2**20:g} MiB "
+                            "limit; raise --max-body-mb if it is meant to be that large")

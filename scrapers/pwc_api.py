@@ -35,16 +35,31 @@ def parse_listing(response: requests.Response) -> dict:
     return data
 
 
+def name_of(value) -> str | None:
+    """An id or a name from the API as text: the API's are strings (slugs), a mirror's may be whole numbers;
+    None for anything else (nothing, a list, an object)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+def paper_id(paper) -> str:
+    """The paper's id as text; BadRecord (the paper is skipped and counted) when it has none that is usable."""
+    found = name_of(paper.get("id")) if isinstance(paper, dict) else None
+    if found is None:
+        raise BadRecord(f"a paper without a usable id: {str(paper)[:100]}")
+    return found
+
+
 def paper_to_record(paper: dict, tasks: list[str], site: str) -> dict:
-    if not isinstance(paper, dict) or not paper.get("id"):
-        raise BadRecord(f"a paper without an id: {str(paper)[:100]}")
+    slug = paper_id(paper)
     return paper_record(
-        id=paper["id"],
+        id=slug,
         title=paper.get("title"),
         abstract=paper.get("abstract"),
         labels=tasks,
         source="pwc-api",
-        url=paper_page_url(site, paper["id"]),
+        url=paper_page_url(site, slug),
         date=paper.get("published"),
         arxiv_id=paper.get("arxiv_id"),
         authors=paper.get("authors") or [],
@@ -108,23 +123,23 @@ class PwcApiSource:
     def _records(self, papers: list, have: Callable[[str], bool], stats: RunStats) -> Iterator[dict]:
         for paper in papers:
             stats.fetched += 1
-            paper_id = paper.get("id") if isinstance(paper, dict) else None
-            if paper_id and have(paper_id):
-                stats.skipped["duplicate"] += 1
-                continue
             try:
-                tasks = self._task_names(paper_id) if paper_id else []
-                yield paper_to_record(paper, tasks, self.site)
+                slug = paper_id(paper)
+                if have(slug):
+                    stats.skipped["duplicate"] += 1
+                    continue
+                yield paper_to_record(paper, self._task_names(slug), self.site)
             except (FetchError, BadRecord) as e:
-                log.error("skipping paper %s: %s", paper_id, e)
+                log.error("skipping a paper: %s", e)
                 stats.failed["record"] += 1
 
-    def _task_names(self, paper_id: str) -> list[str]:
-        url = f"{self.api_url}/papers/{quote(paper_id, safe='')}/tasks/"
+    def _task_names(self, slug: str) -> list[str]:
+        url = f"{self.api_url}/papers/{quote(slug, safe='')}/tasks/"
         names, page = [], 1
         while True:
             listing = self.client.fetch(url, {"page": page} if page > 1 else None, parse=parse_listing)
-            names += [t.get("name") or t.get("id") or "" for t in listing["results"] if isinstance(t, dict)]
+            names += [name_of(t.get("name")) or name_of(t.get("id")) or "" for t in listing["results"]
+                      if isinstance(t, dict)]
             if not listing.get("next"):
                 return names
             page += 1

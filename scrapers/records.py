@@ -26,6 +26,9 @@ def split_arxiv_version(raw: str) -> tuple[str, str | None]:
 def paper_record(*, id: str, title: str | None, abstract: str | None, labels: list[str], source: str,
                  url: str | None, date: str | None, **extras) -> dict:
     """Build one output line: `id, title, abstract, labels, source, url, date`, then source extras."""
+    for field, value in (("title", title), ("abstract", abstract)):
+        if value is not None and not isinstance(value, str):
+            raise BadRecord(f"{id}: its {field} is not text but {type(value).__name__} {str(value)[:40]!r}")
     title, abstract = clean_text(title), clean_text(abstract)
     if not id:
         raise BadRecord("no id")

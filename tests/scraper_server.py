@@ -21,6 +21,9 @@ class Reply:
     headers: dict = field(default_factory=dict)
     content_type: str = "application/octet-stream"
     delay: float = 0.0  # seconds to stall before answering (timeouts, a run to kill mid-page)
+    drip: float = 0.0  # seconds between the body's bytes, sent one at a time (a server holding the client)
+    repeat: int = 1  # the body is sent this many times (a huge answer without holding it in memory)
+    length: bool = True  # send Content-Length; without it the body ends when the connection closes
 
 
 @dataclass
@@ -106,13 +109,22 @@ class ScriptedServer:
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", reply.content_type)
-                    self.send_header("Content-Length", str(len(body)))
+                    if reply.length:
+                        self.send_header("Content-Length", str(len(body) * reply.repeat))
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(body)
+                    for _ in range(reply.repeat):
+                        if not reply.drip:
+                            self.wfile.write(body)
+                            continue
+                        for byte in body:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            if server._closing.wait(reply.drip):
+                                return
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a timeout test): nothing to answer
+                    pass  # the client gave up (a timeout test, a body over its limit): nothing to answer
 
             def log_message(self, *args):
                 pass

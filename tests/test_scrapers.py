@@ -306,6 +306,31 @@ def test_timeouts_exhausted_is_one_clear_error(shared, server, tmp_path, capsys)
     assert "Traceback" not in err
 
 
+def test_a_dripping_answer_is_cut_off_at_the_timeout(server, tmp_path, capsys):
+    """--timeout is a deadline for the whole answer: a server sending a byte every 0.25 s used to hold the
+    run for as long as it liked (the timeout only bounded each read)."""
+    server.add("/api/query", Reply(b"<" * 40, content_type=ATOM, drip=0.25))
+    began = time.monotonic()
+    code, _, err = scrape(capsys, "arxiv", "--categories", "cs.RO", "--base-url", f"{server.url}/api/query",
+                          "-o", str(tmp_path / "x.jsonl"), *FAST, "--timeout", "1", "--max-retries", "0")
+    assert time.monotonic() - began < 3, "the answer must be abandoned at --timeout, not when the server is done"
+    assert code == 2 and "failed after 1 attempts: ReadTimeout" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_huge_answer_is_refused_without_reading_it_whole(declared, server, tmp_path, capsys):
+    """300 MiB, said in Content-Length or not: refused at the limit (64 MiB by default), never read whole, not retried."""
+    server.add("/api/query", Reply(b"x" * 2**20, content_type=ATOM, repeat=300, length=declared))
+    limit = [] if declared else ["--max-body-mb", "1"]
+    code, _, err = scrape(capsys, "arxiv", "--categories", "cs.RO", "--base-url", f"{server.url}/api/query",
+                          "-o", str(tmp_path / "x.jsonl"), *FAST, *limit)
+    assert code == 2 and "Traceback" not in err
+    expected = ("says it is 314,572,800 bytes, over the 64 MiB limit" if declared
+                else "goes on past 1,048,576 bytes, over the 1 MiB limit")
+    assert f"papertasks scrape: error: GET {server.url}/api/query" in err and expected in err
+    assert "raise --max-body-mb" in err and len(server.hits) == 1
+
+
 def test_empty_page_before_the_end_is_asked_again(shared, server, tmp_path, capsys):
     pages = atom_pages(shared(NEW_ATOM).read_text(), 10)
     empty = pages[10].replace("<opensearch:totalResults>0<", "<opensearch:totalResults>10<")
@@ -621,6 +646,30 @@ def test_pwc_api_require_tasks_and_lazy_max(pwc_api, server, tmp_path, capsys):
     assert scrape(capsys, "pwc-api", "--base-url", pwc_api, "--max", "5", "-o", str(tmp_path / "five.jsonl"), *FAST)[0] == 0
     assert len(read_jsonl(tmp_path / "five.jsonl")) == 5
     assert len(server.hits) == 1 + 5, "tasks are fetched only for papers that get written"
+
+
+def test_pwc_api_numeric_and_unusable_paper_ids(server, tmp_path, capsys):
+    """A numeric id (a mirror's) used to crash the run, at the same page on every rerun; it is taken as text
+    now, and a paper whose id or title cannot be used is skipped and counted."""
+    papers = [{"id": 12345, "title": "A paper with a number for an id", "abstract": "We test."},
+              {"id": ["a", "list"], "title": "An id that is a list"},
+              {"id": "a-slug", "title": "A slug as usual", "abstract": "We test again."},
+              {"id": "numeric-title", "title": 7}]
+    server.add(re.compile(r"/api/v1/papers/[^/]+/tasks/"), Reply(json.dumps(
+        {"count": 2, "next": None, "results": [{"id": 9, "name": None}, {"id": "nlp", "name": "NLP"}]}),
+        content_type="application/json"))
+    server.add("/api/v1/papers/", Reply(json.dumps({"count": 4, "next": None, "results": papers}),
+                                        content_type="application/json"))
+    out = tmp_path / "api.jsonl"
+    code, _, err = scrape(capsys, "pwc-api", "--base-url", f"{server.url}/api/v1", "-o", str(out), *FAST)
+    assert code == 0, err
+    assert "fetched 4, written 2, skipped 0, failed 2 (record 2)" in err
+    records = read_jsonl(out)
+    assert [(r["id"], r["labels"], r["url"]) for r in records] == [
+        ("12345", ["9", "NLP"], f"{server.url}/paper/12345"), ("a-slug", ["9", "NLP"], f"{server.url}/paper/a-slug")]
+    assert server.requests_to("/api/v1/papers/12345/tasks/")
+    code, _, err = scrape(capsys, "pwc-api", "--base-url", f"{server.url}/api/v1", "-o", str(out), *FAST)
+    assert code == 0 and "holds 2 records" in err, err
 
 
 # ---------------------------------------------------------------- Papers with Code: archive dump
