@@ -471,7 +471,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
                 redis_info.update(reachable=False, error=e.detail)
         predictor = registry.predictor()
         return {"status": "ok",
-                "model": {"name": registry.default, "path": str(predictor.model_dir), "labels": len(predictor.labels),
+                "model": {"name": registry.default, "labels": len(predictor.labels),  # never a path of this machine
                           "max_length": predictor.max_length, "integrity": predictor.integrity,
                           "fingerprint": bundle_fingerprint(predictor.model_dir)},
                 "models": list(registry.entries),

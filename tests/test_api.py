@@ -15,7 +15,7 @@ import pytest
 
 from apputil import free_port, models_folder
 from conftest import REPO, assert_clean_error, run_cli
-from deployment.manifest import read_manifest
+from deployment.manifest import bundle_fingerprint, read_manifest
 from deployment.predictor import BundleError, Predictor, compose_text
 from deployment.registry import TOP_CLASSES
 from serverutil import api_server
@@ -90,8 +90,12 @@ def test_batch_keeps_ids_and_order(api, predictor):
 
 
 def test_health_labels_and_docs(api, predictor, tiny_bundle):
-    health = api.get("/health").json()
+    answer = api.get("/health")
+    health = answer.json()
     assert health["status"] == "ok" and health["model"]["labels"] == len(predictor.labels)
+    # the bundle by name and version, never where it lies on the server (issue 21)
+    assert health["model"]["name"] == tiny_bundle.name and health["model"]["fingerprint"] == bundle_fingerprint(tiny_bundle)
+    assert "path" not in health["model"] and str(tiny_bundle.parent) not in answer.text
     assert health["model"]["integrity"].startswith("verified")
     assert health["redis"] == {"configured": False, "url": None} and health["jobs"] == "unavailable"
     assert health["limits"]["max_batch"] == 256 and health["limits"]["max_text_chars"] == 20_000
