@@ -27,51 +27,11 @@ sys.path.insert(0, str(REPO))
 
 from deployment.predictor import BundleError, Predictor  # noqa: E402
 from export.bundle import copy_bundle_files  # noqa: E402
-from export.onnx_export import quantize_int8  # noqa: E402
+from export.onnx_export import dequantized_graph, quantize_int8  # noqa: E402
 from papertasks.errors import UserError  # noqa: E402
 from papertasks.evaluate import evaluate_probs, load_eval_data, score_texts  # noqa: E402
 from papertasks.io import write_json  # noqa: E402
 from bench.split_metrics import print_table, summary  # noqa: E402
-
-
-def float_arithmetic_graph(int8_path: Path, out_path: Path) -> int:
-    """Rewrite y_int = MatMulInteger(q(x), W_q) as y = MatMul(x / x_scale, W_q - W_zero): the graph's
-    own Cast and Mul by x_scale * W_scale that follow then give x @ W_dequantized in fp32.
-    Returns the number of MatMuls rewritten."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(int8_path))
-    graph = model.graph
-    weights = {t.name: t for t in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
-    nodes, rewritten = [], 0
-    for node in graph.node:
-        if node.op_type != "MatMulInteger" or node.input[1] not in weights:
-            nodes.append(node)
-            continue
-        quantize = producer[node.input[0]]
-        if quantize.op_type != "DynamicQuantizeLinear":
-            raise UserError(f"{int8_path}: {node.name} does not read a DynamicQuantizeLinear; not a dynamic int8 graph")
-        x, x_scale = quantize.input[0], quantize.output[1]
-        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
-        zero = numpy_helper.to_array(weights[node.input[3]]).astype(np.float32) if len(node.input) > 3 else 0.0
-        name = f"{node.name}_float"
-        graph.initializer.append(numpy_helper.from_array(w - zero, f"{name}_weight"))
-        nodes += [helper.make_node("Div", [x, x_scale], [f"{name}_input"], name=f"{name}_div"),
-                  helper.make_node("MatMul", [f"{name}_input", f"{name}_weight"], [node.output[0]], name=name)]
-        rewritten += 1
-    if not rewritten:
-        raise UserError(f"{int8_path}: no MatMulInteger with constant weights; is this a dynamic int8 bundle?")
-    graph.ClearField("node")
-    graph.node.extend(nodes)
-    used = {name for node in nodes for name in node.input}
-    kept = [t for t in graph.initializer if t.name in used]  # the int8 weights the float MatMuls replaced go
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept)
-    graph.ClearField("value_info")  # the rewritten outputs are float now; onnxruntime infers the rest
-    onnx.save(model, str(out_path))
-    return rewritten
 
 
 def main() -> None:
@@ -89,7 +49,7 @@ def main() -> None:
         x_valid, y_valid, x_test, y_test = load_eval_data(args.data, bundle.labels)
         with tempfile.TemporaryDirectory(prefix="int8-compute-") as tmp:
             floated = copy_bundle_files(Path(args.bundle), Path(tmp) / "fp32_arithmetic")
-            rewritten = float_arithmetic_graph(Path(args.bundle) / "model.onnx", floated / "model.onnx")
+            rewritten = dequantized_graph(Path(args.bundle) / "model.onnx", floated / "model.onnx")
             reduced = copy_bundle_files(floated, Path(tmp) / "reduce_range")
             quantize_int8(floated / "model.onnx", reduced / "model.onnx", reduce_range=True)
             engines = {"int8 arithmetic (the bundle as served)": bundle,

@@ -9,18 +9,22 @@ from pathlib import Path
 from deployment.manifest import write_manifest
 from export.model_card import write_model_card
 from export.taxonomy import write_label_names
-from papertasks.io import write_json
+from papertasks.io import read_json, write_json
 
 BUNDLE_FILES = ("tokenizer.json", "labels.json", "config.json", "thresholds.json")  # beside model.onnx
 
 
 def copy_bundle_files(source: Path, folder: Path, names=BUNDLE_FILES) -> Path:
     """Make `folder` a bundle for another model.onnx: `source`'s tokenizer, labels, config, thresholds
-    (those it has)."""
+    (those it has), and a hybrid's bag of n-grams when its config names one."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         if (source / name).is_file():
             shutil.copy(source / name, folder / name)
+    if "config.json" in names and (source / "config.json").is_file():
+        bag = (read_json(source / "config.json").get("hybrid") or {}).get("file")
+        if bag and (source / bag).is_file():
+            shutil.copy(source / bag, folder / bag)
     return folder
 
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET
-from papertasks.evaluate import MICRO_F1_SLACK, policy_summary
+from papertasks.evaluate import MICRO_F1_SLACK, encoder_frozen, policy_summary
 from papertasks.io import write_text
 from papertasks.paths import OFFLINE_BASE_NAME
 
@@ -46,10 +46,15 @@ def render_model_card(bundle: Path, name: str | None = None) -> str:
     window = ("the first and last halves of a" if config.get("truncation") == "head_tail" else "the start of a")
     lines = [
         "# papertasks model card", "",
-        f"{kind} over {len(labels)} labels, fine-tuned from `{config.get('base_model')}` "
-        f"({config.get('architecture')}) with fastai"
-        + (", its last layer then refitted on the training rows (`refit-head`)"
-           if config.get("training", {}).get("head_refit") else "")
+        f"{kind} over {len(labels)} labels, "
+        + (f"the encoder `{config.get('base_model')}` ({config.get('architecture')}) kept frozen as it was "
+           "pretrained, its last layer fitted on the training rows (`train` with no epochs, then `refit-head`)"
+           if encoder_frozen(config.get("training") or {}) else
+           f"fine-tuned from `{config.get('base_model')}` ({config.get('architecture')}) with fastai"
+           + (", its last layer then refitted on the training rows (`refit-head`)"
+              if config.get("training", {}).get("head_refit") else ""))
+        + (", the label layer reading the mean of the token vectors (`--pooling mean`)"
+           if (config.get("training") or {}).get("pooling") == "mean" else "")
         + ", exported to ONNX and quantized to int8 "
         f"(dynamic, per-channel{''.join(f', {words}' for words, _ in quantization)}"
         + (", the output layer kept in fp32" if quantized.get("output_layer") == "fp32" else "")
@@ -146,9 +151,9 @@ def reproduce_commands(prepare: dict, training: dict) -> list[str]:
         prep.append("--no-fold-aliases")
     prep.append(f"--seed {prepare.get('seed', 42)}")
     train = ["papertasks train --data DATA_DIR --out MODEL_DIR"]
-    for key in ("base_model", "max_length", "truncation", "loss", "focal_gamma", "pos_weight_clip", "oversample_to",
-                "batch_size", "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed"):
-        off = (training.get(key) is None or (key in ("pos_weight_clip", "oversample_to") and not training[key])
+    for key in ("base_model", "max_length", "truncation", "pooling", "loss", "focal_gamma", "pos_weight_clip",
+                "oversample_to", "batch_size", "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed"):
+        off = (training.get(key) in (None, "cls") or (key in ("pos_weight_clip", "oversample_to") and not training[key])
                or (key == "focal_gamma" and training.get("loss") != "focal") or (key == "loss" and training[key] == "bce"))
         if not off:
             train.append(f"--{key.replace('_', '-')} {training[key]}")

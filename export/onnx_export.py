@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -82,6 +83,123 @@ def quantize_int8(fp32_path: Path, int8_path: Path, reduce_range: bool = False, 
                      reduce_range=reduce_range, nodes_to_exclude=keep_fp32)
 
 
+def static_int8(fp32_path: Path, int8_path: Path, windows: list[list[int]], pad_id: int, weights: str = "u8",
+                calibration: str = "MinMax", batch_size: int = 16) -> None:
+    """Static int8 (QDQ): every activation scale is fixed by calibration on `windows` (token ids of
+    training abstracts, as the predictor builds them), so a text's scores no longer depend on the
+    texts batched with it (dynamic int8 quantizes each batch's activations with that batch's range),
+    and no range is computed at run time. Weights per channel; only MatMuls with constant weights
+    are quantized (attention's activation x activation products stay fp32), the output layer stays
+    fp32 as in `quantize_int8`."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    if weights not in WEIGHT_TYPES:
+        raise UserError(f"--weights must be one of {sorted(WEIGHT_TYPES)}, not {weights!r}")
+    if not windows:
+        raise UserError("static int8 needs calibration texts (--data)")
+    inputs = {i.name for i in onnx.load(str(fp32_path), load_external_data=False).graph.input}
+    width = max(map(len, windows))  # one shape for every batch: the histogram calibrators stack them
+
+    class Windows(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(range(0, len(windows), batch_size))
+
+        def get_next(self):
+            start = next(self.batches, None)
+            if start is None:
+                return None
+            rows = windows[start:start + batch_size]
+            input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+            attention_mask = np.zeros_like(input_ids)
+            for r, ids in enumerate(rows):
+                input_ids[r, :len(ids)], attention_mask[r, :len(ids)] = ids, 1
+            feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
+            return {k: v for k, v in feed.items() if k in inputs}
+
+    layer = output_layer(fp32_path)
+    with tempfile.TemporaryDirectory(prefix="papertasks-static-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"  # shapes inferred, as onnxruntime's quantizer asks
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(int8_path), Windows(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType[WEIGHT_TYPES[weights]],
+                        per_channel=True, op_types_to_quantize=["MatMul"],
+                        nodes_to_exclude=[layer, f"{layer}_MatMul"] if layer else [],
+                        calibrate_method=CalibrationMethod[calibration],
+                        extra_options={"MatMulConstBOnly": True}, calibration_providers=["CPUExecutionProvider"])
+
+
+def dequantized_graph(int8_path: Path, fp32_path: Path) -> int:
+    """The float graph a dynamic int8 bundle was quantized from, with its weights as int8 rounded them.
+
+    Each MatMulInteger over constant weights, with the DynamicQuantizeLinear, Cast and scale Muls
+    around it, becomes one MatMul over the dequantized weights ((W - zero) x scale, per channel);
+    each quantized embedding table read through Gather + DequantizeLinear becomes a float table.
+    A clone has only the bundle, not the trained model's fp32 export: this is its fp32 reference
+    (bench/inference.py, bench/int8_compute.py) and what `static_int8` calibrates. Returns the
+    number of MatMuls rebuilt."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(int8_path))
+    graph = model.graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    replaced, new_tensors, rebuilt = {}, [], 0  # replaced: output name -> the node that now makes it
+    for node in graph.node:
+        if node.op_type == "MatMulInteger" and node.input[1] in constants:
+            quantize = producer[node.input[0]]
+            (cast,) = consumers[node.output[0]]
+            (rescale,) = consumers[cast.output[0]]  # Mul(cast, x_scale * w_scale)
+            w_scale = constants[producer[rescale.input[1]].input[1]]
+            w = constants[node.input[1]].astype(np.float32)
+            zero = constants[node.input[3]].astype(np.float32) if len(node.input) > 3 else 0.0
+            weight = f"{node.name}_dequantized_weight"
+            new_tensors.append(numpy_helper.from_array(((w - zero) * w_scale).astype(np.float32), weight))
+            replaced[rescale.output[0]] = helper.make_node("MatMul", [quantize.input[0], weight], [rescale.output[0]],
+                                                           name=f"{node.name}_float")
+            rebuilt += 1
+        elif node.op_type == "DequantizeLinear" and node.input[1] in constants:
+            gather = producer.get(node.input[0])
+            if gather is None or gather.op_type != "Gather" or gather.input[0] not in constants:
+                continue
+            table = (constants[gather.input[0]].astype(np.float32) - constants[node.input[2]].astype(np.float32)
+                     ) * constants[node.input[1]]
+            name = f"{gather.input[0]}_dequantized"
+            new_tensors.append(numpy_helper.from_array(table.astype(np.float32), name))
+            replaced[node.output[0]] = helper.make_node("Gather", [name, gather.input[1]], [node.output[0]],
+                                                        name=f"{gather.name}_float", axis=0)
+    if not rebuilt:
+        raise UserError(f"{int8_path}: no MatMulInteger with constant weights; is this a dynamic int8 bundle?")
+    nodes = [replaced.get(node.output[0], node) for node in graph.node]
+    graph.initializer.extend(new_tensors)
+    makers = {out: node for node in nodes for out in node.output}
+    needed, keep, stack = set(), set(), [o.name for o in graph.output]  # what the outputs still depend on
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        if name in makers:
+            keep.add(id(makers[name]))
+            stack.extend(makers[name].input)
+    graph.ClearField("node")
+    graph.node.extend(n for n in nodes if id(n) in keep)
+    kept = [t for t in graph.initializer if t.name in needed]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    graph.ClearField("value_info")
+    onnx.save(model, str(fp32_path))
+    return rebuilt
+
+
 def cpu_int8_kernels(cpuinfo: str | None = None) -> dict:
     """Which int8 kernels onnxruntime gets here, from the CPU flags (Linux x86; else "unknown").
 
@@ -132,7 +250,7 @@ def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int, t
             "problem_type": hf_config.get("problem_type") or "multi_label_classification",
             "base_model": training.get("base_model") or OFFLINE_BASE_NAME, "architecture": (hf_config.get("architectures") or [None])[0],
             "trained_on": training.get("data_report"),
-            "training": {k: training.get(k) for k in ("base_model", "max_length", "truncation", "problem", "loss",
+            "training": {k: training.get(k) for k in ("base_model", "max_length", "truncation", "pooling", "problem", "loss",
                                                        "focal_gamma", "pos_weight_clip", "oversample_to", "batch_size",
                                                        "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed",
                                                        "train_seconds", "best", "head_refit")}}

@@ -20,7 +20,7 @@ from papertasks.compare import compare_reports
 from papertasks.data import PROBLEMS, PrepareConfig
 from papertasks.errors import UserError
 from papertasks.evaluate import evaluate_bundle
-from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, OFFLINE_BASE_NAME, labels_json_for
+from papertasks.paths import DEFAULT_BASE_MODEL, DEFAULT_BUNDLE, OFFLINE_BASE_NAME, POOLINGS, labels_json_for
 from papertasks.refit import RefitConfig
 from papertasks.train import PRECISIONS, TrainConfig, find_lr
 from scrapers.cli import register as register_scrape
@@ -77,6 +77,9 @@ def _learner_options(p) -> None:
     p.add_argument("--max-length", type=int)
     p.add_argument("--truncation", choices=STRATEGIES,
                    help="long texts: keep the first and last half of the window (head_tail) or the start (head)")
+    p.add_argument("--pooling", choices=POOLINGS,
+                   help="what the label layer reads: the model's own head (cls: BERT's pooler, RoBERTa's first "
+                        "token) or the mean of the token vectors (mean: how sentence encoders such as MiniLM are read)")
     p.add_argument("--problem", choices=PROBLEMS, help="override what `prepare` found in the data")
     p.add_argument("--loss", choices=("bce", "focal"),
                    help="bce: (binary) cross-entropy; focal: focal loss (--focal-gamma)")
@@ -105,9 +108,12 @@ def _evaluate(args):
     from papertasks.evaluate import bundle_metrics
 
     check_count("--batch-size", args.batch_size)
+    if args.encoder_only and args.update_bundle:
+        raise UserError("--encoder-only measures a part of the bundle; it cannot --update-bundle")
     report = evaluate_bundle(args.model, args.data, args.out, batch_size=args.batch_size,
                              min_positives=args.min_positives,  # measuring alone changes nothing: any folder
-                             allow_unsigned=args.allow_unsigned or not args.update_bundle)
+                             allow_unsigned=args.allow_unsigned or not args.update_bundle,
+                             encoder_only=args.encoder_only)
     if args.update_bundle:
         from export.bundle import record_evaluation
 
@@ -229,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unsigned", action="store_true",
                    help="with --update-bundle: write into a bundle without manifest.json (default: refused; "
                         "measuring alone reads any folder)")
+    p.add_argument("--encoder-only", action="store_true",
+                   help="a hybrid bundle's encoder alone, without its bag of n-grams: what the bag adds")
     use_defaults(p, evaluate_bundle)
     p.set_defaults(func=_evaluate)
 

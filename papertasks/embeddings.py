@@ -78,7 +78,8 @@ def embed_texts(texts: list[str], base_model: str, max_length: int = 128, trunca
     import torch
     from tqdm.auto import tqdm
 
-    from papertasks.modeling import length_sorted_batches, load_encoder, pad_id_of, pad_windows, text_windows
+    from papertasks.modeling import (length_sorted_batches, load_encoder, masked_mean, pad_id_of, pad_windows,
+                                     text_windows)
 
     if truncation not in STRATEGIES:
         raise UserError(f"truncation must be one of {', '.join(STRATEGIES)}, not {truncation!r}")
@@ -89,8 +90,6 @@ def embed_texts(texts: list[str], base_model: str, max_length: int = 128, trunca
         for rows in tqdm(length_sorted_batches([len(w) for w in windows], batch_size), desc="embedding",
                          unit="batch"):
             input_ids, mask = pad_windows([windows[i] for i in rows], pad_id_of(tokenizer))
-            hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+            pooled = masked_mean(model(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask)
             vectors[rows] = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
     return vectors

@@ -243,17 +243,22 @@ def load_eval_data(data_dir, labels: list[str]):
 
 
 def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_positives: int = 10,
-                    allow_unsigned: bool = False) -> dict:
+                    allow_unsigned: bool = False, encoder_only: bool = False) -> dict:
     """Score a bundle with the served predictor, tune thresholds on validation, write the report to
     `out`. Recording the thresholds and metrics in the bundle is export's job
     (export.bundle.record_evaluation; `papertasks evaluate` does both). `allow_unsigned`: accept a
-    folder without manifest.json (an fp32 onnx/ folder)."""
+    folder without manifest.json (an fp32 onnx/ folder); `encoder_only`: a hybrid's encoder without
+    its bag of n-grams."""
     from deployment.predictor import BundleError, Predictor
 
     try:
         predictor = Predictor(model, allow_unsigned=allow_unsigned)
     except BundleError as e:
         raise UserError(str(e)) from None
+    if encoder_only:
+        if predictor.bag is None:
+            raise UserError(f"{model}: --encoder-only is for a hybrid bundle; this one has no bag of n-grams")
+        predictor.bag, predictor.encoder_weight = None, 1.0
     labels = predictor.labels
     problem = evaluation_problem(predictor.single_label, read_problem(data), model, data)
     x_valid, y_valid, x_test, y_test = load_eval_data(data, labels)
@@ -274,14 +279,23 @@ def bundle_metrics(report: dict) -> dict:
             | {k: _summary(report[k]) for k in ("test", "test_global_threshold") if k in report})
 
 
+def encoder_frozen(training: dict) -> bool:
+    """A model `train` ran for no epochs: its encoder is the base model's own, and only `refit-head`
+    fitted its last layer (the shipped Papers with Code bundle)."""
+    return bool(training.get("head_refit")) and training.get("frozen_epochs", 1) + training.get("epochs", 1) == 0
+
+
 def bundle_name(predictor) -> str:
-    """What reports call a bundle: its base model and whether its ONNX graph is int8-quantized."""
+    """What reports call a bundle: its base model, fine-tuned or frozen, and whether its ONNX graph is
+    int8-quantized."""
     import onnx
 
     graph = onnx.load(str(predictor.model_dir / "model.onnx"), load_external_data=False).graph
     quantized = any(node.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul") for node in graph.node)
     base = Path(predictor.config.get("base_model") or "model").name
-    name = f"fine-tuned {base}, {'int8' if quantized else 'fp32'} ONNX"
+    encoder = (f"frozen {base} + refitted head" if encoder_frozen(predictor.config.get("training") or {})
+               else f"fine-tuned {base}")
+    name = f"{encoder}, {'int8' if quantized else 'fp32'} ONNX"
     if predictor.bag is not None:
         name += f" + bag of n-grams (encoder weight {predictor.encoder_weight:g})"
     return name

@@ -19,6 +19,7 @@ from deployment.predictor import DEFAULT_MAX_LENGTH, DEFAULT_TRUNCATION, load_la
 from deployment.truncation import encode_windows
 from papertasks.errors import UserError
 from papertasks.io import read_json
+from papertasks.paths import POOLING_KEY, POOLINGS
 
 
 def served_tokenizer(tokenizer):
@@ -55,16 +56,42 @@ def text_windows(tokenizer, texts: list[str], max_length: int, truncation: str) 
                           truncation)
 
 
+def masked_mean(hidden, mask):
+    """The sentence-transformers pooling: token vectors averaged over the attention mask."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def last_linear(hf_model, n_labels: int):
+    """The layer that turns features into one logit per label: the last nn.Linear of that width."""
+    heads = [m for m in hf_model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == n_labels]
+    if not heads:
+        raise UserError(f"the model has no linear layer with {n_labels} outputs (one per label)")
+    return heads[-1]
+
+
 class HFSequenceClassifier(torch.nn.Module):
-    """Positional (input_ids, attention_mask) in, plain logits out: how fastai calls a model, and
-    what the exported ONNX graph takes and returns."""
+    """Positional (input_ids, attention_mask) in, plain logits out: how fastai calls a model, what
+    `refit-head` and the torch references score with, and what the exported ONNX graph takes and
+    returns. Pooling "cls" is the model's own head (BERT's pooler on [CLS], RoBERTa's first token);
+    "mean" feeds the mean of the last hidden states straight into the label layer, as sentence
+    encoders such as all-MiniLM-L6-v2 were trained to be read (the intermediate head layers go unused)."""
 
     def __init__(self, hf_model):
         super().__init__()
         self.hf_model = hf_model
+        self.pooling = getattr(hf_model.config, POOLING_KEY, "cls")
+        if self.pooling not in POOLINGS:
+            raise UserError(f"{POOLING_KEY} in the model's config.json must be one of {POOLINGS}, not {self.pooling!r}")
+        if self.pooling == "mean":
+            self.label_layer = last_linear(hf_model, hf_model.config.num_labels)
+            self.dropout = torch.nn.Dropout(getattr(hf_model.config, "hidden_dropout_prob", 0.1))
 
     def forward(self, input_ids, attention_mask):
-        return self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        if self.pooling == "cls":
+            return self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        hidden = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.label_layer(self.dropout(masked_mean(hidden, attention_mask)))
 
 
 NO_NETWORK_HINT = "no network to reach the Hugging Face hub, and not in its local cache: pass a local folder " \
@@ -94,9 +121,12 @@ def hf_problem_type(problem: str) -> str:
     return "multi_label_classification" if problem == "multi-label" else "single_label_classification"
 
 
-def load_base(base_model: str, labels: list[str], problem: str = "multi-label"):
-    """Tokenizer + a sequence classifier with a fresh head for the problem, refusing what training
-    and serving cannot use: a model that is not an encoder, a tokenizer with no pad token."""
+def load_base(base_model: str, labels: list[str], problem: str = "multi-label", pooling: str = "cls"):
+    """Tokenizer + a sequence classifier with a fresh head for the problem and `pooling` (POOLINGS),
+    refusing what training and serving cannot use: a model that is not an encoder, a tokenizer with
+    no pad token."""
+    if pooling not in POOLINGS:
+        raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer, model = _from_pretrained(base_model, lambda name: (
@@ -111,6 +141,7 @@ def load_base(base_model: str, labels: list[str], problem: str = "multi-label"):
     if tokenizer.pad_token_id is None:
         raise UserError(f"'{base_model}': its tokenizer has no pad token, so batches cannot be padded; set "
                         "tokenizer.pad_token and save_pretrained it to a folder")
+    setattr(model.config, POOLING_KEY, pooling)  # saved with the model: export and refit read it back
     return tokenizer, model
 
 
@@ -171,14 +202,14 @@ def trained_window(training: dict) -> tuple[int, str]:
 def torch_scorer(model, tokenizer, max_length: int, truncation: str):
     """A function from texts to the trained model's probabilities on the windows the predictor builds
     (same truncation); the tokenizer is converted once, not per batch."""
-    model.eval()  # torch.onnx.export can leave the model in training mode (dropout on)
+    classifier = HFSequenceClassifier(model).eval()  # torch.onnx.export can leave it in training mode
     backend, pad_id = served_tokenizer(tokenizer), pad_id_of(tokenizer)
     single_label = model.config.problem_type == "single_label_classification"
 
     def score(texts: list[str]) -> np.ndarray:
         with torch.no_grad():
             input_ids, mask = pad_windows(encode_windows(backend, texts, max_length, truncation), pad_id)
-            logits = model(input_ids=input_ids, attention_mask=mask).logits
+            logits = classifier(input_ids, mask)
             return (torch.softmax(logits, -1) if single_label else torch.sigmoid(logits)).numpy()
     return score
 

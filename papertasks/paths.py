@@ -11,6 +11,8 @@ DEFAULT_BUNDLE = str(REPO_ROOT / "deployment" / "models" / "arxiv")  # the shipp
 JSON_FILES = REPO_ROOT / "json_files"  # one folder per model: labels.json, thresholds.json
 DEFAULT_BASE_MODEL = "distilroberta-base"  # what the original used; the default where the hub answers
 OFFLINE_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+POOLINGS = ("cls", "mean")  # `train --pooling`: the model's own head, or mean-pooled tokens (papertasks.modeling)
+POOLING_KEY = "papertasks_pooling"  # where the model's config.json records it
 
 
 def bundle_path(model: str) -> str:

@@ -48,16 +48,6 @@ class RefitConfig:
     seed: int = 42
 
 
-def last_linear(hf_model, n_labels: int):
-    """The layer that turns features into one logit per label: the last nn.Linear of that width."""
-    from torch import nn
-
-    heads = [m for m in hf_model.modules() if isinstance(m, nn.Linear) and m.out_features == n_labels]
-    if not heads:
-        raise UserError(f"the model has no linear layer with {n_labels} outputs (one per label) to refit")
-    return heads[-1]
-
-
 def head_inputs(hf_model, tokenizer, texts: list[str], max_length: int, truncation: str,
                 batch_size: int = 64) -> np.ndarray:
     """What the last linear layer receives for each text, in eval mode, on the windows the predictor
@@ -65,21 +55,22 @@ def head_inputs(hf_model, tokenizer, texts: list[str], max_length: int, truncati
     import torch
     from tqdm.auto import tqdm
 
-    from papertasks.modeling import length_sorted_batches, pad_id_of, pad_windows, text_windows
+    from papertasks.modeling import (HFSequenceClassifier, last_linear, length_sorted_batches, pad_id_of, pad_windows,
+                                     text_windows)
 
+    classifier = HFSequenceClassifier(hf_model).eval()  # the pooling the model was trained and is served with
     layer = last_linear(hf_model, hf_model.config.num_labels)
     windows = text_windows(tokenizer, texts, max_length, truncation)
     features = np.zeros((len(texts), layer.in_features), dtype=np.float32)
     captured = []
     hook = layer.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
-    hf_model.eval()
     try:
         with torch.inference_mode():
             for rows in tqdm(length_sorted_batches([len(w) for w in windows], batch_size), desc="head features",
                              unit="batch"):
                 input_ids, mask = pad_windows([windows[i] for i in rows], pad_id_of(tokenizer))
                 captured.clear()
-                hf_model(input_ids=input_ids, attention_mask=mask)
+                classifier(input_ids, mask)
                 features[rows] = captured[-1].float().numpy()
     finally:
         hook.remove()
@@ -134,7 +125,7 @@ def refit_head(cfg: RefitConfig) -> Path:
     from papertasks.evaluate import evaluate_probs
     from papertasks.kfold import sample_rows
     from papertasks.learner import make_loss, positive_weights
-    from papertasks.modeling import load_trained, trained_window, training_record
+    from papertasks.modeling import last_linear, load_trained, trained_window, training_record
     from papertasks.train import oversample_rows
 
     model_dir, out = Path(cfg.model), Path(cfg.out)

@@ -44,6 +44,7 @@ class TrainConfig:
     base_model: str | None = None
     max_length: int = 128
     truncation: str = "head_tail"
+    pooling: str = "cls"  # or "mean" (papertasks.modeling.HFSequenceClassifier)
     problem: str | None = None  # None: what `prepare` recorded for the data
     loss: str = "bce"  # or "focal"
     focal_gamma: float = 2.0
@@ -192,7 +193,7 @@ def build_learner(cfg: TrainConfig, path: Path):
     warnings.filterwarnings("ignore", category=UndefinedMetricWarning)  # rare labels absent from a batch
     set_seed(cfg.seed, reproducible=True)
     base = cfg.base_model
-    tokenizer, hf_model = load_base(base, labels, problem)
+    tokenizer, hf_model = load_base(base, labels, problem, cfg.pooling)
     if cfg.max_length > longest_window(tokenizer, hf_model):
         raise UserError(f"--max-length {cfg.max_length}: '{base}' takes at most "
                         f"{longest_window(tokenizer, hf_model)} tokens")
@@ -264,6 +265,12 @@ def _fit(cfg: TrainConfig, out: Path, state_path: Path, state: dict | None) -> P
             raise _out_of_memory(cfg) from None
     state["train_seconds"] = state.get("train_seconds", 0) + round(time.time() - t0, 1)
 
+    if cfg.frozen_epochs + cfg.epochs == 0:  # a frozen encoder: `refit-head` fits its head next
+        state["best_valid_loss"] = None
+        save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out, problem)
+        log.info("no epochs: the base encoder saved with a fresh head to %s; fit the head with `papertasks "
+                 "refit-head`", out)
+        return out
     learn.load("best", device=device, with_opt=False)
     save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out, problem)
     log.info("best epoch %s (valid loss %.4f); model saved to %s", state["best"], state["best_valid_loss"], out)

@@ -67,6 +67,20 @@ def test_evaluate_tunes_the_hybrids_thresholds(hybrid_bundle, tiny_data, tmp_pat
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["test"]["f1_micro"] > 0
 
 
+def test_evaluate_encoder_only_scores_the_hybrids_encoder_as_the_plain_bundle(hybrid_bundle, tiny_bundle, tiny_data,
+                                                                              tmp_path):
+    """`--encoder-only` drops the bag: the report is the plain bundle's (same encoder), under its name."""
+    for folder, out, extra in ((hybrid_bundle, "encoder", ["--encoder-only"]), (tiny_bundle, "plain", [])):
+        assert main(["evaluate", "--model", str(folder), "--data", str(tiny_data), "--out", str(tmp_path / out),
+                     "--min-positives", "3", *extra]) == 0
+    encoder, plain = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("encoder", "plain"))
+    assert encoder["test"] == plain["test"] and encoder["model"] == plain["model"] and "bag" not in encoder["model"]
+    assert main(["evaluate", "--model", str(tiny_bundle), "--data", str(tiny_data), "--out", str(tmp_path / "x"),
+                 "--encoder-only"]) == 2
+    assert main(["evaluate", "--model", str(hybrid_bundle), "--data", str(tiny_data), "--out", str(tmp_path / "y"),
+                 "--encoder-only", "--update-bundle"]) == 2
+
+
 def test_hybrid_runs_in_the_space_without_torch_or_sklearn(hybrid_bundle):
     code = f"""
 import sys

@@ -15,7 +15,8 @@ def test_head_features_give_the_models_own_logits(tiny_model, tiny_data):
     """The hooked features times the head's weights are the model's logits: what is refitted is what is served."""
     from papertasks.modeling import load_trained, torch_probs
     from papertasks.data import read_split
-    from papertasks.refit import head_inputs, head_probabilities, last_linear
+    from papertasks.modeling import last_linear
+    from papertasks.refit import head_inputs, head_probabilities
 
     model, tokenizer, labels = load_trained(tiny_model)
     texts = read_split(tiny_data, "valid")["text"].tolist()[:12]
@@ -30,7 +31,7 @@ def test_last_linear_is_the_label_layer_of_other_encoders(kind):
     """RoBERTa's head is dense -> out_proj and DistilBERT's pre_classifier -> classifier: the refit takes the last."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from papertasks.refit import last_linear
+    from papertasks.modeling import last_linear
 
     sizes = dict(roberta=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
                  distilbert=dict(dim=16, n_layers=1, n_heads=2, hidden_dim=32))[kind]
@@ -44,7 +45,7 @@ def test_refit_head_cli_writes_a_model_that_exports(tiny_model, tiny_data, tmp_p
     from export.onnx_export import export_bundle
     from papertasks.modeling import load_trained
     from papertasks.io import read_json
-    from papertasks.refit import last_linear
+    from papertasks.modeling import last_linear
 
     out = tmp_path / "refit"
     args = ("refit-head", "--model", tiny_model, "--data", tiny_data, "--max-train", "64", "--out", out,
@@ -74,6 +75,65 @@ def test_refit_head_cli_writes_a_model_that_exports(tiny_model, tiny_data, tmp_p
     card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
     assert "papertasks refit-head --model MODEL_DIR --data DATA_DIR --out REFIT_DIR --loss focal" in card
     assert "papertasks export --model REFIT_DIR" in card
+
+
+def test_a_frozen_encoder_is_train_with_no_epochs_then_refit_head(tiny_data, tmp_path):
+    """`train --epochs 0 --frozen-epochs 0 --pooling mean` saves the base encoder untouched with a fresh
+    head reading mean-pooled tokens, which `refit-head` then fits on those means (the shipped Papers
+    with Code recipe); what it fitted is what the torch model scores."""
+    from papertasks.data import read_split
+    from papertasks.io import read_json
+    from papertasks.modeling import last_linear, load_base, load_trained, torch_probs
+    from papertasks.paths import offline_base_model
+    from papertasks.refit import head_inputs, head_probabilities
+
+    frozen, refit = tmp_path / "frozen", tmp_path / "refit"
+    result = run_cli("train", "--data", tiny_data, "--out", frozen, "--epochs", "0", "--frozen-epochs", "0",
+                     "--max-length", "64", "--pooling", "mean")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no epochs: the base encoder saved with a fresh head" in result.stderr
+    model, _, labels = load_trained(frozen)
+    assert model.config.papertasks_pooling == "mean"
+    _, base = load_base(offline_base_model(), labels)
+    body, base_body = model.base_model.state_dict(), base.base_model.state_dict()
+    assert all(np.array_equal(body[k].numpy(), base_body[k].numpy()) for k in base_body)
+    assert read_json(frozen / "training_config.json")["best_valid_loss"] is None
+
+    result = run_cli("refit-head", "--model", frozen, "--data", tiny_data, "--max-train", "64", "--out", refit,
+                     "--epochs", "30")
+    assert result.returncode == 0, result.stderr[-3000:]
+    valid = read_json(refit / "training_config.json")["head_refit"]["valid"]
+    assert valid["refitted head"]["roc_auc_macro"] > valid["fine-tuned head"]["roc_auc_macro"]
+
+    model, tokenizer, labels = load_trained(refit)
+    texts = read_split(tiny_data, "valid")["text"].tolist()[:8]
+    features = head_inputs(model, tokenizer, texts, 64, "head_tail", batch_size=3)
+    layer = last_linear(model, len(labels))
+    probs = head_probabilities(layer.weight.detach().numpy(), layer.bias.detach().numpy(), features, False)
+    np.testing.assert_allclose(probs, torch_probs(model, tokenizer, texts, 64, "head_tail"), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_mean_pooling_reads_the_mean_of_the_real_tokens(kind):
+    """The label layer gets the token vectors averaged over the mask: padding changes nothing."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from papertasks.modeling import HFSequenceClassifier, last_linear, masked_mean
+
+    config = AutoConfig.for_model(kind, vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, num_labels=5, papertasks_pooling="mean")
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    classifier = HFSequenceClassifier(model).eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    padded = torch.tensor([[5, 6, 7, 8, 1, 1], [9, 10, 1, 1, 1, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
+    with torch.no_grad():
+        alone = classifier(ids, torch.ones_like(ids))
+        hidden = model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        expected = last_linear(model, 5)(masked_mean(hidden, torch.ones_like(ids)))
+        torch.testing.assert_close(alone, expected)
+        torch.testing.assert_close(classifier(padded, mask)[:1], alone, atol=1e-5, rtol=1e-5)
 
 
 def test_refit_head_refuses_overwriting_and_other_labels(tiny_model, tiny_data, tmp_path):
