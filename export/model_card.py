@@ -72,12 +72,12 @@ def render_model_card(bundle: Path, name: str | None = None) -> str:
         cfg = data.get("config", {})
         lines += [
             f"- source: {', '.join(cfg.get('inputs', []))}",
-            f"- split: " + (f"time split on `{cfg.get('split_by')}`, test from {cfg.get('test_from')}"
+            "- split: " + (f"time split on `{cfg.get('split_by')}`, test from {cfg.get('test_from')}"
                             if cfg.get("split_by") else "random, stratified by label (iterative stratification)")
             + f", seed {cfg.get('seed')}",
             f"- labels: {data.get('labels_before')} -> {data.get('labels_after')} after pruning "
             f"(min-count {cfg.get('min_count')}, top-k {cfg.get('top_k')})",
-            f"- rows: " + ", ".join(f"{k} {v}" for k, v in data.get("rows", {}).items()),
+            "- rows: " + ", ".join(f"{k} {v}" for k, v in data.get("rows", {}).items()),
         ]
     else:
         lines.append("- not recorded")

@@ -182,7 +182,8 @@ def to_examples(df: pd.DataFrame, cfg: PrepareConfig, source: str) -> pd.DataFra
     if cfg.split_by:
         if cfg.split_by not in cols:
             raise UserError(f"{source}: no '{cfg.split_by}' column to split by; columns are: {', '.join(map(str, cols))}")
-        out["date"] = df[cfg.split_by].astype(str).values
+        dates = [_cell(v) for v in df[cfg.split_by]]
+        out["date"] = ["" if d is None else str(d).strip() for d in dates]  # "": no date, dropped by prepare
     return out
 
 
@@ -418,6 +419,12 @@ def prepare(cfg: PrepareConfig) -> dict:
     if cfg.max_rows is not None and len(df) > cfg.max_rows:
         df = df.sample(cfg.max_rows, random_state=cfg.seed).reset_index(drop=True)
     extra_stats = {}
+    if cfg.split_by:  # a row with no date has no side of --test-from: dropped and counted, not put in test
+        undated = df["date"] == ""
+        extra_stats["undated_dropped"] = int(undated.sum())
+        if undated.any():
+            log.warning("%d rows dropped: no %s to split by", undated.sum(), cfg.split_by)
+        df = df[~undated].reset_index(drop=True)
     if cfg.extra:  # read as `feedback export` writes them: id, text, labels
         plain = PrepareConfig(inputs=[], out=cfg.out)
         extra = pd.concat([to_examples(read_table(p), plain, str(p)) for p in cfg.extra], ignore_index=True)
@@ -467,7 +474,8 @@ def render_report(report: dict) -> str:
     lines = [
         "# Data report", "",
         f"- rows read: {report['cleaning']['rows_read']}; unusable text dropped: {report['cleaning']['unusable_text_dropped']}; "
-        f"duplicates dropped: {report['cleaning']['duplicates_dropped']}; unlabeled dropped: {report['cleaning']['unlabeled_dropped']}",
+        f"duplicates dropped: {report['cleaning']['duplicates_dropped']}; unlabeled dropped: {report['cleaning']['unlabeled_dropped']}"
+        + (f"; undated dropped: {report['cleaning']['undated_dropped']}" if "undated_dropped" in report["cleaning"] else ""),
         f"- problem: {report['problem']}",
         f"- labels: {report['labels_before']} before pruning -> {report['labels_after']} after "
         f"(min-count {report['config']['min_count']}, top-k {report['config']['top_k']})",

@@ -293,8 +293,9 @@ def bundle_name(predictor) -> str:
     graph = onnx.load(str(predictor.model_dir / "model.onnx"), load_external_data=False).graph
     quantized = any(node.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul") for node in graph.node)
     base = Path(predictor.config.get("base_model") or "model").name
-    encoder = (f"frozen {base} + refitted head" if encoder_frozen(predictor.config.get("training") or {})
-               else f"fine-tuned {base}")
+    training = predictor.config.get("training") or {}
+    pooled = " (mean-pooled)" if training.get("pooling") == "mean" else ""
+    encoder = f"frozen {base}{pooled} + refitted head" if encoder_frozen(training) else f"fine-tuned {base}{pooled}"
     name = f"{encoder}, {'int8' if quantized else 'fp32'} ONNX"
     if predictor.bag is not None:
         name += f" + bag of n-grams (encoder weight {predictor.encoder_weight:g})"

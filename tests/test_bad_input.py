@@ -323,6 +323,25 @@ def test_prepare_drops_and_counts_non_string_texts(tmp_path):
         parse_labels({"a": 1})
 
 
+def test_prepare_time_split_drops_and_counts_undated_rows(tmp_path):
+    """A row with no date used to become the string "nan", which sorts after any --test-from: it landed in
+    the test set."""
+    rows = _papers(40)
+    for i, row in enumerate(rows):
+        row["yymm"] = "2021-06" if i < 30 else "2022-03"
+    del rows[4]["yymm"]
+    rows[6]["yymm"] = None
+    out = tmp_path / "data"
+    result = run_cli("prepare", write_jsonl(tmp_path / "raw.jsonl", rows), "--out", out, "--split-by", "yymm",
+                     "--test-from", "2022-01", "--min-count", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 rows dropped: no yymm to split by" in result.stderr
+    assert json.loads((out / "report.json").read_text())["cleaning"]["undated_dropped"] == 2
+    test = {r["id"] for r in read_jsonl(out / "test.jsonl")}
+    kept = test | {r["id"] for name in ("train", "valid") for r in read_jsonl(out / f"{name}.jsonl")}
+    assert not {"4", "6"} & kept and test <= {str(i) for i in range(30, 40)}
+
+
 def test_prepare_writes_nothing_outside_its_out_folder(tmp_path):
     """It used to write json_files/<basename of --out>/labels.json in the checkout: two runs whose --out
     folders share a name overwrote each other's vocabulary there (and a tracked file was overwritten)."""
