@@ -1,11 +1,11 @@
 """What int8 arithmetic costs on this CPU: the served int8 bundle against the same int8 weights computed in fp32.
 
 Dynamic int8 has two sources of error: weights rounded to 8 bits (the same on every CPU) and the
-arithmetic: activations quantized to u8 per batch and multiplied with s8 weights by onnxruntime's
+arithmetic: activations quantized to u8 per text and multiplied with s8 weights by onnxruntime's
 kernels, which differ between CPUs (on x86 without VNNI the u8 x s8 products can overflow; see
 `export --reduce-range`). The fp32 ONNX stays beside the trained model, not in the bundle, so this
-bench rebuilds float arithmetic from the bundle itself: each MatMulInteger becomes a float MatMul
-over the same dequantized weights. Both graphs are scored exactly as `evaluate` scores a bundle
+bench rebuilds float arithmetic from the bundle itself (`export.onnx_export.dequantized_graph`): each
+MatMulInteger becomes a float MatMul over the same dequantized weights. Both graphs are scored exactly as `evaluate` scores a bundle
 (thresholds tuned on validation, metrics on test); their gap is the arithmetic's share on this CPU.
 A third graph quantizes the float one again with 7-bit weights (`reduce_range`, what
 `export --reduce-range` does from the true fp32 model): whether that arithmetic tracks fp32 better.

@@ -1,11 +1,11 @@
 """Why a label: sentence occlusion through the served predictor (onnxruntime, tokenizers, numpy only).
 
-The text is scored again with each sentence left out, every variant in one batched run through the
+The text is scored again with each sentence left out, every variant through the
 same Predictor (same windows, same hybrid bag when the bundle has one), so an explanation describes
 the int8 model that is served, not a stand-in. A sentence's contribution to a label is the label's
 probability with the whole text minus its probability without that sentence: positive, the sentence
 raised it; negative, it lowered it. Optionally the words of the top sentences are occluded the same
-way (one more batched run). bench/explain_faithfulness.py checks that the ranking is faithful.
+way. bench/explain_faithfulness.py checks that the ranking is faithful.
 """
 from __future__ import annotations
 
@@ -62,11 +62,14 @@ def _without(text: str, span: tuple[int, int]) -> str:
 
 
 def _occlude(predictor, text: str, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities of the whole text (L,) and of the text without each span (S, L), as
-    Predictor.predict_proba serves them, in one batched run. A span outside the model's window (the
-    middle of a long abstract under head_tail) leaves the window as it was: each distinct window is
-    run once, and the bag of a hybrid still sees the difference."""
+    """Probabilities of the whole text (L,) and of the text without each span (S, L), exactly as
+    Predictor.predict_proba serves them (each window runs alone). A span outside the model's window
+    (the middle of a long abstract under head_tail) leaves the window as it was: each distinct window
+    is run once, and the bag of a hybrid still sees the difference."""
     variants = [text] + [_without(text, span) for span in spans]
+    if predictor.bag is not None and predictor.encoder_weight == 0:  # as predict_proba: the encoder has no say
+        probs = predictor.bag_probabilities(variants)
+        return probs[0], probs[1:]
     windows = encode_windows(predictor.tokenizer, variants, predictor.max_length, predictor.truncation)
     distinct = {}
     rows = [distinct.setdefault(tuple(w), len(distinct)) for w in windows]
@@ -113,9 +116,8 @@ def explain(predictor, text: str, labels: list[str] | None = None, threshold: fl
         word_spans = [(m.start() + spans[s][0], m.end() + spans[s][0], int(s))
                       for s in sorted(int(t) for t in top)
                       for m in _WORD.finditer(text[spans[s][0]:spans[s][1]])][:MAX_WORDS]
-        # against the whole text scored in the same run: int8 activations are quantized per batch
-        full_again, without_word = _occlude(predictor, text, [(s, e) for s, e, _ in word_spans])
-        word_effect = full_again[None, wanted] - without_word[:, wanted]
+        _, without_word = _occlude(predictor, text, [(s, e) for s, e, _ in word_spans])
+        word_effect = full[None, wanted] - without_word[:, wanted]
         result["words"] = [{"start": s, "end": e, "text": text[s:e], "sentence": k} for s, e, k in word_spans]
         for k, entry in enumerate(explained):
             entry["words"] = [round(float(d), DIGITS) for d in word_effect[:, k]]

@@ -171,9 +171,8 @@ class Predictor:
 
         Each window runs alone, unpadded: dynamic int8 quantizes a layer's activations with the range
         of the whole tensor it is in, so a text batched with others would get other scores (up to 0.03
-        in probability, another label set for about 1 paper in 20 on the arXiv bundle). Alone, a
-        paper's answer is the same whatever it is sent with, at about the batched throughput on a
-        2-core CPU (bench/inference.py)."""
+        in probability on the arXiv bundle). Alone, a paper's answer is the same whatever it is sent
+        with; batched int8 was 16% faster at batch 32 on a 2-core CPU (bench/inference.py)."""
         return np.concatenate([self._run_window(ids) for ids in windows]) if windows else \
             np.zeros((0, len(self.labels)), dtype=np.float32)
 

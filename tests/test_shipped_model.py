@@ -94,3 +94,8 @@ def test_an_encoder_weighted_0_is_not_run(monkeypatch, tmp_path):
 
     monkeypatch.setattr(predictor.session, "run", no_encoder)
     assert np.array_equal(predictor.predict_proba(texts), expected)
+    from deployment.explain import DIGITS, explain
+
+    explained = explain(predictor, texts[0] + " " + texts[1])  # occlusion scores the bag alone too
+    best = predictor.predict_proba([explained["text"]])[0].max()
+    assert explained["labels"][0]["probability"] == round(float(best), DIGITS)
