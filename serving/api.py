@@ -8,6 +8,8 @@ Async: POST /jobs (CSV/JSONL upload) -> 202 + Location; GET /jobs/{id} -> 202 wh
        (422 bad file, 500 worker lost or failed) when it failed, 404 when unknown or expired.
 Jobs need Redis and at least one `papertasks worker`; without Redis the sync endpoints work and the
 jobs endpoints answer 503. Every error is JSON {"detail": "one line"}; nothing answers a traceback.
+For a public server: the scoring POSTs are rate-limited per client address (429 + Retry-After,
+serving.limits), POST /jobs answers 503 while --max-queued-jobs wait, and no answer shows a path.
 /predict refuses an unusable text with 422; /predict/batch items and /jobs rows are read by
 deployment.inputs.read_row, like every other front end: an unusable one gets an `error`, the others
 are scored.
@@ -38,12 +40,17 @@ from deployment.inputs import (MAX_FILE_BYTES, MAX_TEXT_CHARS, InputError, check
 from deployment.manifest import bundle_fingerprint
 from deployment.predictor import POLICIES, BundleError, Predictor
 from deployment.registry import TOP_CLASSES, Registry, UnknownModelError
+from serving.limits import RateSpecError, TokenBucket, parse_rate, retry_after
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 MAX_BODY_BYTES = 8 * 2**20  # JSON bodies; uploads to /jobs are limited by max_upload_bytes
 RESULT_TTL = 3600
+RATE_LIMIT = "60/min"  # per client address on the scoring endpoints: a burst of 60, then one a second
+MAX_QUEUED_JOBS = 200  # jobs waiting for a worker; past it POST /jobs answers 503
+QUEUE_FULL_RETRY_AFTER = 30  # seconds a client is told to wait when the queue is full
+RATE_LIMITED = ("/predict", "/predict/batch", "/jobs", "/feedback")  # POSTs that score (and cost CPU)
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 JSON_HINT = 'send Content-Type: application/json and a body like {"text": "Title. Abstract"}'
 MODEL_FIELD = "which model answers: a name from GET /models (default: the first one there, 'arxiv' when it is served)"
@@ -62,6 +69,8 @@ class Settings:
     max_body_bytes: int = MAX_BODY_BYTES
     poll_after: int = 1  # Retry-After for 202 answers
     feedback_db: str | None = None  # POST /feedback's SQLite file (default: deployment.feedback.default_path())
+    rate_limit: str = RATE_LIMIT  # requests per client address on RATE_LIMITED, e.g. 60/min; "off" or 0: none
+    max_queued_jobs: int = MAX_QUEUED_JOBS  # POST /jobs answers 503 while this many wait; 0: no cap
 
 
 # ---------------------------------------------------------------- request and response bodies
@@ -256,6 +265,28 @@ class _BodyLimit:
                 await _problem(413, e.detail)(scope, receive, send)
 
 
+class _RateLimit:
+    """ASGI middleware: a client address past its rate on the scoring POSTs (RATE_LIMITED) gets 429
+    with Retry-After, answered before the body is read, so a refused request costs the server nothing.
+    Reads, /health and job polling are not counted: they are cheap, and a client polling its job must
+    not lock itself out of it."""
+
+    def __init__(self, app, limiter: TokenBucket, spec: str):
+        self.app, self.limiter, self.spec = app, limiter, spec
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") not in RATE_LIMITED:
+            return await self.app(scope, receive, send)
+        client = scope.get("client")
+        wait = self.limiter.take(client[0] if client else "unknown")
+        if not wait:
+            return await self.app(scope, receive, send)
+        seconds = retry_after(wait)
+        return await _problem(429, f"too many requests from this address: the limit is {self.spec} on "
+                                   f"{', '.join(RATE_LIMITED)}; retry in {seconds} s",
+                              headers={"Retry-After": str(seconds)})(scope, receive, send)
+
+
 class _TooLarge(StarletteHTTPException):
     """Raised while the body streams in; an HTTPException so FastAPI's body parsing passes it on."""
 
@@ -288,6 +319,21 @@ def _mask(url: str | None) -> str | None:
     return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url) if url else url
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/:'\"()]+/)*([^\s/:'\"()]+)")
+
+
+def _without_paths(error: Exception, entry) -> str:
+    """A bundle's error as a client may read it: the bundle folder becomes the model's name and any
+    other absolute path its last part. The full message is for the operator, so the server logs it; a
+    public answer must not map this machine's file system."""
+    log.warning("model %s cannot be served: %s", entry.name, error)
+    text = str(error)
+    folders = {str(entry.path), str(entry.path.resolve())}
+    for folder in sorted(folders, key=len, reverse=True):
+        text = text.replace(folder + "/", "").replace(folder, f"bundle {entry.name!r}")
+    return _ABSOLUTE_PATH.sub(r"\1", text)
+
+
 def create_app(model_dir: str, **settings) -> FastAPI:
     """The API for the models in `model_dir`: a folder with models.json, or one bundle folder. The
     default model loads now (a bad bundle raises BundleError here), the others on first use.
@@ -306,6 +352,10 @@ def create_app(model_dir: str, **settings) -> FastAPI:
                      "languages are scored but get a warning."),
     )
     app.add_middleware(_BodyLimit, settings=cfg)
+    rate = parse_rate(cfg.rate_limit)
+    app.state.limiter = TokenBucket(*rate) if rate else None  # tests set its clock
+    if rate:
+        app.add_middleware(_RateLimit, limiter=app.state.limiter, spec=str(cfg.rate_limit).strip())
     app.state.registry, app.state.settings = registry, cfg
     redis_state = {"connection": None}
 
@@ -365,13 +415,13 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         try:
             return entry.name, registry.predictor(entry.name)
         except BundleError as e:
-            raise HTTPException(503, f"model {entry.name!r} cannot be served: {e}") from None
+            raise HTTPException(503, f"model {entry.name!r} cannot be served: {_without_paths(e, entry)}") from None
 
     def _top_k(predictor: Predictor, top_k: int | None) -> int:
         n_labels = len(predictor.labels)
         return min(top_k or (TOP_CLASSES if predictor.single_label else n_labels), n_labels)
 
-    error_responses = {413: {"model": Problem}, 422: {"model": Problem}}
+    error_responses = {413: {"model": Problem}, 422: {"model": Problem}, 429: {"model": Problem}}
 
     @app.get("/", include_in_schema=False)
     def root() -> dict:
@@ -398,7 +448,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
     feedback_store = FeedbackStore(cfg.feedback_db)
 
     @app.post("/feedback", status_code=201, response_model=FeedbackStored, tags=["feedback"],
-              responses={422: {"model": Problem}, 503: {"model": Problem}},
+              responses={422: {"model": Problem}, 429: {"model": Problem}, 503: {"model": Problem}},
               summary="Correct a prediction: labels that are wrong, labels that are missing")
     def feedback(body: FeedbackRequest) -> dict:
         text = text_from(body.text, body.title, body.abstract)
@@ -437,7 +487,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
             try:
                 predictor = registry.predictor(entry.name)
             except BundleError as e:
-                info["error"] = str(e)
+                info["error"] = _without_paths(e, entry)
             else:
                 info.update(labels=len(predictor.labels), problem_type="single_label_classification"
                             if predictor.single_label else "multi_label_classification")
@@ -477,11 +527,23 @@ def create_app(model_dir: str, **settings) -> FastAPI:
                 "models": list(registry.entries),
                 "redis": redis_info, "jobs": "enabled" if redis_info.get("reachable") else "unavailable",
                 "limits": {"max_text_chars": MAX_TEXT_CHARS, "max_batch": cfg.max_batch,
-                           "max_upload_bytes": cfg.max_upload_bytes, "result_ttl_s": cfg.result_ttl}}
+                           "max_upload_bytes": cfg.max_upload_bytes, "result_ttl_s": cfg.result_ttl,
+                           "rate_limit": str(cfg.rate_limit) if rate else "off",
+                           "max_queued_jobs": cfg.max_queued_jobs or None}}
+
+    def _check_queue_room(queue) -> None:
+        """503 + Retry-After while max_queued_jobs wait: anonymous uploads must not fill Redis (each holds
+        its file) or queue hours of work. Counted just before enqueueing; two uploads at the same
+        moment may both pass, so the queue can exceed the cap by the number of concurrent requests."""
+        if cfg.max_queued_jobs and queue.count >= cfg.max_queued_jobs:
+            raise HTTPException(503, f"the job queue is full ({cfg.max_queued_jobs} jobs waiting for a worker); "
+                                     f"nothing was queued, retry in {QUEUE_FULL_RETRY_AFTER} s",
+                                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)})
 
     @app.post("/jobs", status_code=202, tags=["jobs"], summary="Queue a CSV / JSONL file of papers",
               responses={202: {"description": "queued; poll the Location"}, 413: {"model": Problem},
-                         415: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}})
+                         415: {"model": Problem}, 422: {"model": Problem}, 429: {"model": Problem},
+                         503: {"model": Problem}})
     def submit_job(
         file: Annotated[UploadFile, File(description="CSV or JSON Lines, UTF-8; rows with text or title + abstract")],
         text_field: Annotated[str | None, Form(description="column holding the text (default: text, "
@@ -504,8 +566,10 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         check_file_header(data, name, text_field=text_field or None, max_bytes=cfg.max_upload_bytes)
         from serving.jobs import enqueue_batch_job, make_queue
 
+        queue = make_queue(connection, cfg.queue)
+        _check_queue_room(queue)
         keep = min(ttl or cfg.result_ttl, cfg.result_ttl)
-        job = enqueue_batch_job(make_queue(connection, cfg.queue), data, name, text_field=text_field or None,
+        job = enqueue_batch_job(queue, data, name, text_field=text_field or None,
                                 threshold=threshold, top_k=min(top_k, len(predictor.labels)) or None, model=model_name,
                                 fingerprint=bundle_fingerprint(predictor.model_dir), result_ttl=keep,
                                 queue_ttl=cfg.queue_ttl, job_timeout=cfg.job_timeout, heartbeat=cfg.job_heartbeat,
@@ -576,6 +640,12 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: 
         if key in settings and settings[key] <= 0:
             flag = "--max-upload-mb" if key == "max_upload_bytes" else "--" + key.replace("_", "-")
             raise UserError(f"{flag} must be positive")
+    if settings.get("max_queued_jobs", 0) < 0:
+        raise UserError("--max-queued-jobs must be 0 (no cap) or more")
+    try:
+        parse_rate(settings.get("rate_limit"))
+    except RateSpecError as e:
+        raise UserError(str(e)) from None
     try:
         app = create_app(model_dir, **settings)
     except BundleError as e:

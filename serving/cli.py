@@ -8,6 +8,7 @@ from deployment.predictor import ALLOW_UNSIGNED_ENV, POLICIES
 from papertasks.cli_support import use_defaults
 from papertasks.errors import UserError
 from papertasks.paths import DEFAULT_BUNDLE, DEFAULT_MODELS_DIR, bundle_path
+from serving.limits import RATE_LIMIT_ENV
 
 
 THRESHOLD_HELP = ("one threshold for every label, as the API's `threshold` (default: the bundle's tuned "
@@ -71,7 +72,8 @@ def _serve(args):
     serve(args.model, host=args.host, port=args.port, log_level=args.log_level, redis_url=args.redis_url,
           queue=args.queue, result_ttl=args.result_ttl, queue_ttl=args.queue_ttl, job_timeout=args.job_timeout,
           job_heartbeat=args.job_heartbeat, max_batch=args.max_batch,
-          max_upload_bytes=int(args.max_upload_mb * 2**20))
+          max_upload_bytes=int(args.max_upload_mb * 2**20), rate_limit=args.rate_limit,
+          max_queued_jobs=args.max_queued_jobs)
 
 
 def _worker(args):
@@ -160,10 +162,18 @@ def register(sub) -> None:
     p.add_argument("--max-batch", type=int, help="most items in one POST /predict/batch")
     p.add_argument("--max-upload-mb", type=float, default=settings.max_upload_bytes / 2**20,
                    help="largest file POST /jobs accepts")
+    p.add_argument("--rate-limit", help="POSTs to /predict, /predict/batch, /jobs and /feedback per client address, "
+                                        "as N/s, N/min or N/hour (a burst of N, refilled at that rate); past it: "
+                                        f"429 with Retry-After. 0 or off: no limit. ${RATE_LIMIT_ENV} sets the "
+                                        "default")
+    p.add_argument("--max-queued-jobs", type=int, help="jobs waiting for a worker; past it POST /jobs answers 503 "
+                                                       "with Retry-After and queues nothing (0: no cap)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     use_defaults(p, serve, Settings)
     p.add_argument("--allow-unsigned", action="store_true", help=UNSIGNED_HELP)
     p.set_defaults(redis_url=redis_default, func=_serve)
+    if os.environ.get(RATE_LIMIT_ENV):  # a Space or container sets the limit without changing its command
+        p.set_defaults(rate_limit=os.environ[RATE_LIMIT_ENV])
 
     p = sub.add_parser("worker", help="an RQ worker for /jobs (run any number, on any machine with the bundle)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from apputil import free_port
 from conftest import REPO
+from serving.limits import RATE_LIMIT_ENV
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -69,11 +70,14 @@ def _answers(url: str, proc: Process):
 
 
 @contextlib.contextmanager
-def api_server(model: Path, log_dir: Path, *args: str, timeout: float = 90):
-    """`papertasks serve` on a free port; yields (base_url, Process)."""
+def api_server(model: Path, log_dir: Path, *args: str, timeout: float = 90, env: dict | None = None):
+    """`papertasks serve` on a free port; yields (base_url, Process). Its per-client rate limit is off
+    (every test client is 127.0.0.1, and module fixtures send hundreds of requests) unless `args` or
+    `env` set one."""
     port = free_port()
     proc = Process([sys.executable, "-m", "papertasks.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-                    "--port", str(port), "--log-level", "warning", *args], log_dir / f"api-{port}.log")
+                    "--port", str(port), "--log-level", "warning", *args], log_dir / f"api-{port}.log",
+                   env={RATE_LIMIT_ENV: "off", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(url + "/health", proc), timeout, f"the API on {url}", interval=0.3)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from apputil import models_folder
+from conftest import REPO
 from deployment.inputs import CSV_COLUMNS, predict_rows, read_batch_file
 from deployment.predictor import Predictor
 from serverutil import REDIS_SERVER, api_server, redis_server, wait_until, worker
@@ -268,3 +269,31 @@ def test_jobs_pass_the_model_to_workers_that_serve_it(tiny_bundle, tiny_pwc_bund
         assert failed.status_code == 500 and failed.json()["error"]["type"] == "model_mismatch"
         assert "unknown model 'pwc'; the models served are: arxiv" in failed.json()["error"]["message"]
         assert "Traceback" not in proc.output(), proc.output()[-3000:]
+
+
+def test_a_full_queue_answers_503_and_queues_nothing(redis_url, logs):
+    """`--max-queued-jobs 2` and no worker: two uploads wait, the third is refused with 503 and
+    Retry-After, and neither its job nor its file reaches Redis; once a job leaves the queue there is room again."""
+    import redis
+
+    from serving.jobs import UPLOAD_KEY, make_queue
+
+    shipped = REPO / "deployment" / "models" / "arxiv"
+    connection = redis.Redis.from_url(redis_url)
+    queue = make_queue(connection, "capped")
+    with api_server(shipped, logs, "--redis-url", redis_url, "--queue", "capped", "--max-queued-jobs", "2") \
+            as (url, proc), httpx.Client(base_url=url, timeout=30) as api:
+        assert api.get("/health").json()["limits"]["max_queued_jobs"] == 2
+        first, second = (submit(api, "papers.csv", b"text\nGraph neural networks.\n") for _ in range(2))
+        assert first.status_code == second.status_code == 202 and queue.count == 2
+        uploads = len(connection.keys(UPLOAD_KEY.format("*")))
+        r = submit(api, "papers.csv", b"text\nGraph neural networks.\n")
+        assert r.status_code == 503 and r.headers["Retry-After"] == "30", (r.status_code, r.text)
+        detail = r.json()["detail"]
+        assert r.json() == {"detail": detail} and "\n" not in detail
+        assert "queue is full (2 jobs waiting" in detail and "nothing was queued" in detail
+        assert queue.count == 2 and len(connection.keys(UPLOAD_KEY.format("*"))) == uploads
+        queue.remove(first.json()["id"])
+        assert submit(api, "papers.csv", b"text\nGraph neural networks.\n").status_code == 202
+        assert "Traceback" not in proc.output(), proc.output()[-3000:]
+    queue.empty()
