@@ -3,7 +3,8 @@
 Bounded and loopback only: it starts `papertasks serve` itself on a free 127.0.0.1 port (or takes
 --url, which must be a loopback address), sends a fixed number of requests per concurrency level
 (or runs for --seconds), stops by itself, prints a table (throughput, p50/p95/p99/max latency,
-errors) and writes the numbers as JSON. Exit status 1 if any request failed.
+errors, and the requests the server's rate limit turned away with 429, counted apart: that is its
+intended backpressure, not a failure) and writes the numbers as JSON. Exit status 1 if any request failed.
 
     python bench/load_api.py --model deployment/models/arxiv --concurrency 1 4 16 --requests 400
     python bench/load_api.py --url http://127.0.0.1:8000 --concurrency 16 --seconds 20
@@ -94,6 +95,7 @@ def run_level(host: str, port: int, texts: list[str], concurrency: int, requests
     budget = {"left": requests if requests is not None else float("inf")}
     latencies: list[float] = []
     errors: list[str] = []
+    limited = {"n": 0}  # 429: the server's per-client rate limit answering as it should
     deadline = time.perf_counter() + seconds if seconds else None
     start_gate = threading.Barrier(concurrency + 1)
 
@@ -114,6 +116,10 @@ def run_level(host: str, port: int, texts: list[str], concurrency: int, requests
                 response = connection.getresponse()
                 payload = response.read()
                 elapsed = time.perf_counter() - t0
+                if response.status == 429:
+                    with lock:
+                        limited["n"] += 1
+                    continue
                 ok = response.status == 200 and "scores" in json.loads(payload)
                 problem = None if ok else f"HTTP {response.status}: {payload[:200]!r}"
             except Exception as e:  # a timeout, a reset connection, ...
@@ -137,19 +143,19 @@ def run_level(host: str, port: int, texts: list[str], concurrency: int, requests
         t.join()
     wall = time.perf_counter() - t0
     ms = np.array(latencies) * 1000 if latencies else np.zeros(1)
-    return {"concurrency": concurrency, "requests": len(latencies) + len(errors), "ok": len(latencies),
-            "errors": len(errors), "error_examples": sorted(set(errors))[:5], "seconds": round(wall, 2),
+    return {"concurrency": concurrency, "requests": len(latencies) + len(errors) + limited["n"],
+            "ok": len(latencies), "errors": len(errors), "rate_limited": limited["n"], "error_examples": sorted(set(errors))[:5], "seconds": round(wall, 2),
             "throughput_rps": round(len(latencies) / wall, 1) if wall else 0.0,
             "latency_ms": {q: round(float(np.percentile(ms, p)), 1)
                            for q, p in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))}}
 
 
 def print_table(runs: list[dict]) -> None:
-    print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-          f"{'max ms':>8}")
+    print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'429':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
+          f"{'p99 ms':>8} {'max ms':>8}")
     for r in runs:
         lat = r["latency_ms"]
-        print(f"{r['concurrency']:>7} {r['requests']:>8} {r['errors']:>6} {r['throughput_rps']:>7.1f} "
+        print(f"{r['concurrency']:>7} {r['requests']:>8} {r['errors']:>6} {r['rate_limited']:>6} {r['throughput_rps']:>7.1f} "
               f"{lat['p50']:>8.1f} {lat['p95']:>8.1f} {lat['p99']:>8.1f} {lat['max']:>8.1f}")
         for example in r["error_examples"]:
             print(f"        error: {example}")
