@@ -39,6 +39,12 @@ TOP_LABELS = 10
 THRESHOLD_RANGE = (0.05, 0.95)  # the global-threshold slider
 MULTI_LABEL_COLUMNS = ["id", "labels", "top label", "note"]
 SINGLE_LABEL_COLUMNS = ["id", "class", "top classes", "note"]
+# A public Space: a bounded waiting line (past it Gradio answers "queue full" at once instead of
+# letting waits grow), uploads and downloads deleted an hour after they were made, and two file jobs
+# at a time, so a small file does not wait behind one large one.
+QUEUE_SIZE = 64
+TEMP_FILES = (3600, 3600)  # every hour, delete temp files older than an hour
+FILE_JOBS_AT_ONCE = 2
 
 
 def load_examples() -> list[str]:
@@ -197,7 +203,7 @@ def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blo
         return {"headers": headers, "data": table}, str(out), summary
 
     multi = not default.single_label
-    with gr.Blocks(title="papertasks") as demo:
+    with gr.Blocks(title="papertasks", delete_cache=TEMP_FILES) as demo:
         gr.Markdown("# papertasks\nTags a paper from its title and abstract. The models are int8 ONNX MiniLMs "
                     "fine-tuned with fastai; they run on the CPU.")
         model = gr.Radio([(e.title, e.name) for e in registry.entries.values()], value=registry.default,
@@ -266,8 +272,8 @@ def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blo
         explain_button.click(why, inputs=paper + [explain_label], outputs=[highlighted, explained], api_name="explain")
         send.click(send_correction, inputs=paper + [wrong, missing], outputs=[sent], api_name="feedback")
         file_button.click(classify_file, inputs=[upload, model], outputs=[file_table, download, file_summary],
-                          api_name="classify_file")
-    return demo
+                          api_name="classify_file", concurrency_limit=FILE_JOBS_AT_ONCE)
+    return demo.queue(max_size=QUEUE_SIZE)
 
 
 def launch(model_dir: str | os.PathLike = DEFAULT_MODELS, host: str | None = None, port: int | None = None,

@@ -202,3 +202,14 @@ def test_app_explains_a_label_and_stores_a_correction(tmp_path):
     assert stored["model"] == "arxiv" and stored["text"] == EXAMPLE
     with sqlite3.connect(db) as connection:
         assert connection.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 1
+
+
+def test_the_space_bounds_its_queue_temp_files_and_file_jobs(tiny_bundle):
+    """A public Space: a bounded waiting line, temp files deleted after an hour, and file jobs two at a
+    time (one at a time, a 1-row file waited 32 s behind a 600-row one)."""
+    from deployment.app import FILE_JOBS_AT_ONCE, QUEUE_SIZE, TEMP_FILES, build_demo
+
+    demo = build_demo(Registry.from_path(tiny_bundle))
+    assert demo._queue.max_size == QUEUE_SIZE and demo.delete_cache == TEMP_FILES
+    limits = {fn.api_name: fn.concurrency_limit for fn in demo.fns.values()}
+    assert limits["classify_file"] == FILE_JOBS_AT_ONCE > 1
