@@ -147,15 +147,10 @@ def run_engine(engine: str, args) -> dict:
 def padded_logits(predictor, texts: list[str]) -> np.ndarray:
     """The texts' windows padded into one onnxruntime run: how the predictor batched before it ran
     each text alone."""
-    from deployment.truncation import encode_windows
+    from deployment.truncation import encode_windows, padded_windows
 
     windows = encode_windows(predictor.tokenizer, texts, predictor.max_length, predictor.truncation)
-    input_ids = np.full((len(windows), max(map(len, windows))), predictor.pad_id, dtype=np.int64)
-    attention_mask = np.zeros_like(input_ids)
-    for row, ids in enumerate(windows):
-        input_ids[row, :len(ids)], attention_mask[row, :len(ids)] = ids, 1
-    feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
-    return predictor.session.run(None, {k: v for k, v in feed.items() if k in predictor.input_names})[0]
+    return predictor.run(*padded_windows(windows, predictor.pad_id))
 
 
 def requantized(fp32_dir: Path, bundle: Path, data_dir: str, fused: bool = False, reduce_range: bool = False,

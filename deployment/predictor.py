@@ -178,7 +178,11 @@ class Predictor:
 
     def _run_window(self, ids: list[int]) -> np.ndarray:
         input_ids = np.asarray([ids], dtype=np.int64)
-        feed = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids),
+        return self.run(input_ids, np.ones_like(input_ids))
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """The ONNX model's logits for these token ids, fed the inputs its architecture takes."""
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask,
                 "token_type_ids": np.zeros_like(input_ids)}  # one text per input: segment 0 throughout
         return self.session.run(None, {k: v for k, v in feed.items() if k in self.input_names})[0]
 

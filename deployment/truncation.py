@@ -7,7 +7,19 @@ plain truncation. `bench/truncation.py` measures the two on a trained bundle.
 """
 from __future__ import annotations
 
+import numpy as np
+
 STRATEGIES = ("head", "head_tail")
+
+
+def padded_windows(windows: list[list[int]], pad_id: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id windows -> (input_ids, attention_mask), int64, padded on the right to `width` (default:
+    the longest window): the one padding rule of torch batches, benches and static int8 calibration."""
+    input_ids = np.full((len(windows), width or max(map(len, windows))), pad_id, dtype=np.int64)
+    attention_mask = np.zeros_like(input_ids)
+    for row, ids in enumerate(windows):
+        input_ids[row, :len(ids)], attention_mask[row, :len(ids)] = ids, 1
+    return input_ids, attention_mask
 
 
 def fit_window(ids: list[int], special_mask: list[int], max_length: int, strategy: str) -> list[int]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from deployment.predictor import Predictor
+from deployment.truncation import padded_windows
 from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET, WEIGHT_TYPES
 from export.bundle import copy_bundle_files, seal_bundle
 from papertasks.errors import UserError
@@ -111,11 +112,7 @@ def static_int8(fp32_path: Path, int8_path: Path, windows: list[list[int]], pad_
             start = next(self.batches, None)
             if start is None:
                 return None
-            rows = windows[start:start + batch_size]
-            input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-            attention_mask = np.zeros_like(input_ids)
-            for r, ids in enumerate(rows):
-                input_ids[r, :len(ids)], attention_mask[r, :len(ids)] = ids, 1
+            input_ids, attention_mask = padded_windows(windows[start:start + batch_size], pad_id, width)
             feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
             return {k: v for k, v in feed.items() if k in inputs}
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from deployment.predictor import DEFAULT_MAX_LENGTH, DEFAULT_TRUNCATION, load_labels, normalize_whitespace
-from deployment.truncation import encode_windows
+from deployment.truncation import encode_windows, padded_windows
 from papertasks.errors import UserError
 from papertasks.io import read_json
 from papertasks.paths import POOLING_KEY, POOLINGS
@@ -35,13 +35,7 @@ def pad_id_of(tokenizer) -> int:
 
 def pad_windows(windows: list[list[int]], pad_id: int):
     """Token-id windows -> (input_ids, attention_mask) tensors padded on the right to the longest."""
-    longest = max(len(ids) for ids in windows)
-    input_ids = torch.full((len(windows), longest), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(windows), longest), dtype=torch.long)
-    for row, ids in enumerate(windows):
-        input_ids[row, :len(ids)] = torch.as_tensor(ids)
-        attention[row, :len(ids)] = 1
-    return input_ids, attention
+    return tuple(torch.from_numpy(a) for a in padded_windows(windows, pad_id))
 
 
 def length_sorted_batches(lengths, batch_size: int) -> list[np.ndarray]:

@@ -265,15 +265,17 @@ def _fit(cfg: TrainConfig, out: Path, state_path: Path, state: dict | None) -> P
             raise _out_of_memory(cfg) from None
     state["train_seconds"] = state.get("train_seconds", 0) + round(time.time() - t0, 1)
 
-    if cfg.frozen_epochs + cfg.epochs == 0:  # a frozen encoder: `refit-head` fits its head next
+    frozen = cfg.frozen_epochs + cfg.epochs == 0  # a frozen encoder: `refit-head` fits its head next
+    if frozen:
         state["best_valid_loss"] = None
-        save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out, problem)
+    else:
+        learn.load("best", device=device, with_opt=False)
+    save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out, problem)
+    if frozen:
         log.info("no epochs: the base encoder saved with a fresh head to %s; fit the head with `papertasks "
                  "refit-head`", out)
-        return out
-    learn.load("best", device=device, with_opt=False)
-    save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out, problem)
-    log.info("best epoch %s (valid loss %.4f); model saved to %s", state["best"], state["best_valid_loss"], out)
+    else:
+        log.info("best epoch %s (valid loss %.4f); model saved to %s", state["best"], state["best_valid_loss"], out)
     return out
 
 
