@@ -2,15 +2,19 @@
 
 Every source fetches through `PoliteClient`, so the rules that keep us welcome on arXiv and PwC
 mirrors (about one request every 3 s, back off when told) live in one place. So do the limits that
-keep a server from holding us: `timeout` bounds the wait for the headers (each read, as requests does)
-and is a deadline for the request as a whole, to the last byte of its body (a server dripping a byte at
+keep a server from holding us: `timeout` is a deadline for the request as a whole, from connecting through
+the status line and headers to the last byte of its body (a server dripping its headers or body a byte at
 a time is cut off there), and a body is read in pieces up to `max_body_bytes`, never whole. Only a
-streamed download (the PwC dump) is read by its caller.
+streamed download (the PwC dump) is read by its caller, `timeout` then bounding each read of its body.
 """
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import functools
 import logging
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -18,6 +22,7 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
 
 from papertasks.errors import UserError
 
@@ -56,7 +61,7 @@ class BadResponse(ValueError):
 @dataclass
 class HttpSettings:
     delay: float = 3.0  # seconds between the end of one request and the start of the next
-    timeout: float = 30.0  # seconds for the whole answer; for a streamed one, the most between two reads
+    timeout: float = 30.0  # seconds for the whole answer, head and body; a streamed body: the most between two reads
     max_body_bytes: int = 64 * 2**20  # the largest answer read (after gzip): far above any page, far below a dump
     max_retries: int = 5
     backoff: float = 2.0  # first wait after a 5xx/timeout; doubles each retry up to BACKOFF_CAP_S
@@ -90,12 +95,69 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class _HeadByDeadline:
+    """Mixed into urllib3's connection classes. http.client reads the status line and headers with the socket
+    timeout bounding each read, so a server dripping them held us as long as it liked; here a watchdog shuts
+    the socket down once `self.timeout` has passed (urllib3 sets it to what Timeout.total leaves after
+    connecting), and that is a timeout whatever the cut read made of the head."""
+
+    def getresponse(self):
+        cut = threading.Event()
+        watchdog = threading.Timer(self.timeout, self._cut, args=(cut,))
+        watchdog.start()
+        try:
+            response = super().getresponse()
+        finally:
+            watchdog.cancel()
+            watchdog.join()  # no thread outlives the request, and `cut` is settled
+            if cut.is_set():  # urllib3 turns this into a ReadTimeoutError
+                raise TimeoutError(f"no status line and headers within {self.timeout:g} s")
+        return response
+
+    def _cut(self, cut: threading.Event) -> None:
+        cut.set()
+        sock = self.sock  # None once http.client has closed a connection it will not reuse
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@functools.cache
+def _head_by_deadline(pool_class: type) -> type:
+    """`pool_class` (plain, TLS, through a proxy) with connections that read the head by the deadline."""
+    connection_class = type(f"Deadline{pool_class.ConnectionCls.__name__}",
+                            (_HeadByDeadline, pool_class.ConnectionCls), {})
+    return type(f"Deadline{pool_class.__name__}", (pool_class,), {"ConnectionCls": connection_class})
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """An HTTPAdapter whose pool managers, direct and for each proxy, open `_head_by_deadline` pools."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self._use_deadline_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        known = proxy in self.proxy_manager
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not known:
+            self._use_deadline_pools(manager)
+        return manager
+
+    @staticmethod
+    def _use_deadline_pools(manager: urllib3.PoolManager) -> None:
+        manager.pool_classes_by_scheme = {scheme: _head_by_deadline(pool_class)
+                                          for scheme, pool_class in manager.pool_classes_by_scheme.items()}
+
+
 class PoliteClient:
     """GET with a minimum gap between requests and retries for 429/5xx/timeouts/bad bodies."""
 
     def __init__(self, settings: HttpSettings):
         self.settings = settings
         self.session = requests.Session()
+        self.session.mount("http://", _DeadlineAdapter())
+        self.session.mount("https://", _DeadlineAdapter())
         self.session.headers["User-Agent"] = settings.user_agent
         self.requests_made = 0
         self._last_request_end: float | None = None
@@ -108,7 +170,9 @@ class PoliteClient:
             try:
                 response = self._get_once(url, params, stream)
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
-                problem, wait = f"{type(e).__name__}", self._backoff(attempt)
+                timed_out = isinstance(e, requests.exceptions.ReadTimeout)  # ours, with a one-line message
+                problem = f"{type(e).__name__} ({e})" if timed_out else type(e).__name__
+                wait = self._backoff(attempt)
             else:
                 status = response.status_code
                 if status in (429, 503):
@@ -143,12 +207,23 @@ class PoliteClient:
         log.debug("GET %s %s", url, params or "")
         deadline = time.monotonic() + self.settings.timeout
         try:
-            response = self.session.get(url, params=params, timeout=self.settings.timeout, stream=True)
+            response = self._get_head(url, params)
             if not stream or not response.ok:  # an error page is read as a page is, a dump by its caller
                 self._read_body(response, deadline)
+            else:
+                self._set_read_timeout(response, self.settings.timeout)  # for each read, not what the head left
             return response
         finally:
             self._last_request_end = time.monotonic()
+
+    def _get_head(self, url: str, params: dict | None) -> requests.Response:
+        """The status line and headers, the body left unread. Timeout.total makes urllib3 give connecting the
+        deadline and the head what is left of it, which `_HeadByDeadline` holds for the head as a whole."""
+        try:
+            return self.session.get(url, params=params, timeout=urllib3.Timeout(total=self.settings.timeout),
+                                    stream=True)
+        except requests.exceptions.ReadTimeout:
+            raise self._no_answer() from None
 
     def _read_body(self, response: requests.Response, deadline: float) -> None:
         """Read the body into `response.content` by the deadline and under the size cap; the connection is
@@ -171,16 +246,23 @@ class PoliteClient:
         """Whatever part of the body has arrived (b"" at its end), waiting no later than the deadline."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise requests.exceptions.ReadTimeout(f"no complete answer within {self.settings.timeout:g} s")
-        connection = response.raw.connection
-        if connection is not None and connection.sock is not None:
-            connection.sock.settimeout(remaining)
+            raise self._no_answer()
+        self._set_read_timeout(response, remaining)
         try:
             return response.raw.read1(READ_PIECE, decode_content=True)
-        except urllib3.exceptions.ReadTimeoutError as e:
-            raise requests.exceptions.ReadTimeout(str(e)) from None
+        except urllib3.exceptions.ReadTimeoutError:
+            raise self._no_answer() from None
         except (urllib3.exceptions.HTTPError, OSError) as e:  # a connection cut short, a broken gzip stream
             raise requests.exceptions.ChunkedEncodingError(str(e)) from None
+
+    @staticmethod
+    def _set_read_timeout(response: requests.Response, seconds: float) -> None:
+        connection = response.raw.connection
+        if connection is not None and connection.sock is not None:
+            connection.sock.settimeout(seconds)
+
+    def _no_answer(self) -> requests.exceptions.ReadTimeout:
+        return requests.exceptions.ReadTimeout(f"no complete answer within {self.settings.timeout:g} s")
 
     def _too_large(self, response: requests.Response, what: str) -> BodyTooLarge:
         return BodyTooLarge(f"GET {response.url}: the answer {what}, over the {self.settings.max_body_bytes / 2**20:g} MiB "

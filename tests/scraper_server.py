@@ -5,6 +5,7 @@ and real status codes without touching the network.
 """
 from __future__ import annotations
 
+import io
 import re
 import threading
 import time
@@ -22,6 +23,7 @@ class Reply:
     content_type: str = "application/octet-stream"
     delay: float = 0.0  # seconds to stall before answering (timeouts, a run to kill mid-page)
     drip: float = 0.0  # seconds between the body's bytes, sent one at a time (a server holding the client)
+    head_drip: float = 0.0  # the same for the status line and headers
     repeat: int = 1  # the body is sent this many times (a huge answer without holding it in memory)
     length: bool = True  # send Content-Length; without it the body ends when the connection closes
 
@@ -107,6 +109,7 @@ class ScriptedServer:
                     return
                 body = reply.body.encode("utf-8") if isinstance(reply.body, str) else reply.body
                 try:
+                    wire, self.wfile = self.wfile, io.BytesIO()  # the head is collected, then sent as the body is
                     self.send_response(reply.status)
                     self.send_header("Content-Type", reply.content_type)
                     if reply.length:
@@ -114,17 +117,26 @@ class ScriptedServer:
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
                     self.end_headers()
+                    head, self.wfile = self.wfile.getvalue(), wire
+                    if not self.send_bytes(head, reply.head_drip):
+                        return
                     for _ in range(reply.repeat):
-                        if not reply.drip:
-                            self.wfile.write(body)
-                            continue
-                        for byte in body:
-                            self.wfile.write(bytes([byte]))
-                            self.wfile.flush()
-                            if server._closing.wait(reply.drip):
-                                return
+                        if not self.send_bytes(body, reply.drip):
+                            return
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test, a body over its limit): nothing to answer
+
+            def send_bytes(self, data: bytes, drip: float) -> bool:
+                """Write `data`, one byte every `drip` seconds if set; False when the server closes meanwhile."""
+                if not drip:
+                    self.wfile.write(data)
+                    return True
+                for byte in data:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    if server._closing.wait(drip):
+                        return False
+                return True
 
             def log_message(self, *args):
                 pass

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -315,6 +316,19 @@ def test_a_dripping_answer_is_cut_off_at_the_timeout(server, tmp_path, capsys):
                           "-o", str(tmp_path / "x.jsonl"), *FAST, "--timeout", "1", "--max-retries", "0")
     assert time.monotonic() - began < 3, "the answer must be abandoned at --timeout, not when the server is done"
     assert code == 2 and "failed after 1 attempts: ReadTimeout" in err and "Traceback" not in err
+
+
+def test_dripping_headers_are_cut_off_at_the_timeout(server, tmp_path, capsys):
+    """The deadline covers the status line and headers too: requests' own timeout bounds each read, so a
+    server sending its head a byte every 0.1 s (about 13 s in all) used to hold the run until it was done."""
+    server.add("/api/query", Reply(b"<", content_type=ATOM, head_drip=0.1))
+    began = time.monotonic()
+    code, _, err = scrape(capsys, "arxiv", "--categories", "cs.RO", "--base-url", f"{server.url}/api/query",
+                          "-o", str(tmp_path / "x.jsonl"), *FAST, "--timeout", "1", "--max-retries", "0")
+    assert time.monotonic() - began < 3, "the answer must be abandoned at --timeout, not when the server is done"
+    assert code == 2 and "Traceback" not in err
+    assert "failed after 1 attempts: ReadTimeout (no complete answer within 1 s)" in err
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)], "a watchdog outlived its request"
 
 
 @pytest.mark.parametrize("declared", [True, False])
