@@ -23,6 +23,7 @@ try:  # imported as part of the papertasks package (`papertasks app`)
     from .feedback import FeedbackStore, StoreError, corrected_labels, record
     from .inputs import (MAX_FILE_BYTES, InputError, language_warnings, predict_rows, read_batch_file,
                           results_to_csv, text_from)
+    from .limits import RATE_LIMIT_ENV, RateSpecError, TokenBucket, parse_rate, retry_after
     from .predictor import BundleError, Predictor
     from .registry import TOP_CLASSES, ModelEntry, Registry, UnknownModelError
 except ImportError:  # run as a Space: `python app.py`
@@ -30,6 +31,7 @@ except ImportError:  # run as a Space: `python app.py`
     from feedback import FeedbackStore, StoreError, corrected_labels, record
     from inputs import (MAX_FILE_BYTES, InputError, language_warnings, predict_rows, read_batch_file,
                          results_to_csv, text_from)
+    from limits import RATE_LIMIT_ENV, RateSpecError, TokenBucket, parse_rate, retry_after
     from predictor import BundleError, Predictor
     from registry import TOP_CLASSES, ModelEntry, Registry, UnknownModelError
 
@@ -40,11 +42,13 @@ THRESHOLD_RANGE = (0.05, 0.95)  # the global-threshold slider
 MULTI_LABEL_COLUMNS = ["id", "labels", "top label", "note"]
 SINGLE_LABEL_COLUMNS = ["id", "class", "top classes", "note"]
 # A public Space: a bounded waiting line (past it Gradio answers "queue full" at once instead of
-# letting waits grow), uploads and downloads deleted an hour after they were made, and two file jobs
-# at a time, so a small file does not wait behind one large one.
+# letting waits grow), uploads and downloads deleted an hour after they were made, two file jobs
+# at a time, so a small file does not wait behind one large one, and a rate per client, so one
+# client in a loop cannot hold the line (and the 2 cores) for everyone.
 QUEUE_SIZE = 64
 TEMP_FILES = (3600, 3600)  # every hour, delete temp files older than an hour
 FILE_JOBS_AT_ONCE = 2
+RATE_LIMIT = "30/min"  # scoring calls per client: a burst of 30, then one every 2 s; $PAPERTASKS_RATE_LIMIT, "off"
 
 
 def load_examples() -> list[str]:
@@ -92,11 +96,32 @@ def explanation_summary(predictor: Predictor, explanation: dict) -> str:
     return "\n".join(lines)
 
 
-def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blocks:
+def client_key(request: gr.Request | None) -> str:
+    """Whom a call counts against: behind a Space's proxy every call comes from the proxy, which appends
+    the address it saw to X-Forwarded-For. The last entry, not the first: a client can write the first
+    itself and pick a fresh bucket per call. Run alone, the connection's address."""
+    forwarded = dict(getattr(request, "headers", None) or {}).get("x-forwarded-for", "")
+    client = getattr(request, "client", None)
+    return forwarded.split(",")[-1].strip() or (client.host if client else "") or "unknown"
+
+
+def build_demo(registry: Registry, store: FeedbackStore | None = None, rate_limit: str | None = None) -> gr.Blocks:
     """The app over every model in `registry`; the picker's value is the model's name, also over the API.
-    Corrections go to `store` (default: FeedbackStore(), the database deployment/feedback.py picks)."""
+    Corrections go to `store` (default: FeedbackStore(), the database deployment/feedback.py picks).
+    `rate_limit` (default: $PAPERTASKS_RATE_LIMIT, else RATE_LIMIT) bounds each client's scoring calls;
+    a rate that cannot be read raises RateSpecError."""
     default_entry, default = registry.entry(), registry.predictor()
     store = store or FeedbackStore()
+    spec = rate_limit or os.environ.get(RATE_LIMIT_ENV) or RATE_LIMIT
+    rate = parse_rate(spec)
+    bucket = TokenBucket(*rate) if rate else None
+
+    def within_rate(request: gr.Request | None) -> None:
+        """Refuse a scoring call past the client's rate before it does anything."""
+        wait = bucket.take(client_key(request)) if bucket is not None else 0.0  # an empty one is falsy (len)
+        if wait:
+            raise gr.Error(f"Too many requests from your address (the limit is {spec.strip()}); "
+                           f"retry in {retry_after(wait)} s.", print_exception=False)
 
     def predictor_for(model: str | None) -> Predictor:
         try:
@@ -122,7 +147,8 @@ def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blo
     def chosen_threshold(predictor: Predictor, threshold: float, per_label: bool) -> float | None:
         return None if predictor.single_label or per_label else threshold
 
-    def classify(text: str, threshold: float, per_label: bool, model: str, top_k: int):
+    def classify(text: str, threshold: float, per_label: bool, model: str, top_k: int, request: gr.Request):
+        within_rate(request)
         text = checked(text)
         predictor = predictor_for(model)
         if predictor.single_label:  # the best class, and the runners-up with their probabilities
@@ -147,8 +173,9 @@ def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blo
                 gr.Dropdown(choices=label_choices(predictor, others), value=[]),
                 gr.Dropdown(choices=label_choices(predictor, labels + others), value=labels[0] if labels else None))
 
-    def why(text: str, threshold: float, per_label: bool, model: str, label: str | None):
+    def why(text: str, threshold: float, per_label: bool, model: str, label: str | None, request: gr.Request):
         """Highlighted sentences for `label` (default: the best predicted one) and a line per predicted label."""
+        within_rate(request)
         text, predictor = checked(text), predictor_for(model)
         asked = [label] if label else []
         try:
@@ -160,8 +187,10 @@ def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blo
         return highlights(explanation, shown), explanation_summary(predictor, explanation)
 
     def send_correction(text: str, threshold: float, per_label: bool, model: str, wrong: list[str] | None,
-                        missing: list[str] | None):
-        """Store what the user says is wrong or missing, with the prediction it corrects."""
+                        missing: list[str] | None, request: gr.Request):
+        """Store what the user says is wrong or missing, with the prediction it corrects (it scores the
+        text again and writes a row, so it counts against the rate too)."""
+        within_rate(request)
         text, predictor = checked(text), predictor_for(model)
         prediction = predictor.predict([text], threshold=chosen_threshold(predictor, threshold, per_label))[0]
         try:
@@ -171,8 +200,9 @@ def build_demo(registry: Registry, store: FeedbackStore | None = None) -> gr.Blo
             raise gr.Error(str(e), print_exception=False) from None
         return f"Thank you: correction #{row} stored (labels: {', '.join(corrected) or 'none'})."
 
-    def classify_file(path: str | None, model: str, progress=gr.Progress()):
+    def classify_file(path: str | None, model: str, request: gr.Request, progress=gr.Progress()):
         """A CSV / JSONL of papers -> a table, a downloadable CSV of predictions and a summary."""
+        within_rate(request)
         if not path:
             raise gr.Error("Upload a CSV or JSONL file first (rows with 'text', or 'title' and 'abstract').",
                            print_exception=False)
@@ -285,7 +315,11 @@ def launch(model_dir: str | os.PathLike = DEFAULT_MODELS, host: str | None = Non
         registry.predictor()
     except BundleError as e:
         raise SystemExit(f"papertasks app: error: {e}") from None
-    build_demo(registry).launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_BYTES)
+    try:
+        demo = build_demo(registry)
+    except RateSpecError as e:
+        raise SystemExit(f"papertasks app: error: ${RATE_LIMIT_ENV} {e}") from None
+    demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_BYTES)
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ Async: POST /jobs (CSV/JSONL upload) -> 202 + Location; GET /jobs/{id} -> 202 wh
 Jobs need Redis and at least one `papertasks worker`; without Redis the sync endpoints work and the
 jobs endpoints answer 503. Every error is JSON {"detail": "one line"}; nothing answers a traceback.
 For a public server: the scoring POSTs are rate-limited per client address (429 + Retry-After,
-serving.limits), POST /jobs answers 503 while --max-queued-jobs wait, and no answer shows a path.
+deployment.limits), /jobs take a bearer token (--jobs-token; `serve` will not expose them beyond
+loopback without one), POST /jobs answers 503 while --max-queued-jobs wait or Redis is full, and no answer shows a path.
 /predict refuses an unusable text with 422; /predict/batch items and /jobs rows are read by
 deployment.inputs.read_row, like every other front end: an unusable one gets an `error`, the others
 are scored.
@@ -21,15 +22,18 @@ unless `top_k` asks for another number.
 """
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,10 +41,10 @@ from deployment.explain import explain
 from deployment.feedback import FeedbackStore, StoreError, corrected_labels, record
 from deployment.inputs import (MAX_FILE_BYTES, MAX_TEXT_CHARS, InputError, check_file_header, language_warnings,
                                predict_rows, read_row, results_to_csv, text_from)
+from deployment.limits import RateSpecError, TokenBucket, parse_rate, retry_after
 from deployment.manifest import bundle_fingerprint
 from deployment.predictor import POLICIES, BundleError, Predictor
 from deployment.registry import TOP_CLASSES, Registry, UnknownModelError
-from serving.limits import RateSpecError, TokenBucket, parse_rate, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +53,11 @@ MAX_BODY_BYTES = 8 * 2**20  # JSON bodies; uploads to /jobs are limited by max_u
 RESULT_TTL = 3600
 RATE_LIMIT = "60/min"  # per client address on the scoring endpoints: a burst of 60, then one a second
 MAX_QUEUED_JOBS = 200  # jobs waiting for a worker; past it POST /jobs answers 503
-QUEUE_FULL_RETRY_AFTER = 30  # seconds a client is told to wait when the queue is full
+QUEUE_FULL_RETRY_AFTER = 30  # seconds a client is told to wait when the queue (or Redis) is full
 RATE_LIMITED = ("/predict", "/predict/batch", "/jobs", "/feedback")  # POSTs that score (and cost CPU)
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 JSON_HINT = 'send Content-Type: application/json and a body like {"text": "Title. Abstract"}'
+JOBS_TOKEN_ENV = "PAPERTASKS_JOBS_TOKEN"
 MODEL_FIELD = "which model answers: a name from GET /models (default: the first one there, 'arxiv' when it is served)"
 
 
@@ -71,6 +76,7 @@ class Settings:
     feedback_db: str | None = None  # POST /feedback's SQLite file (default: deployment.feedback.default_path())
     rate_limit: str = RATE_LIMIT  # requests per client address on RATE_LIMITED, e.g. 60/min; "off" or 0: none
     max_queued_jobs: int = MAX_QUEUED_JOBS  # POST /jobs answers 503 while this many wait; 0: no cap
+    jobs_token: str | None = None  # set: POST /jobs and GET /jobs/{id} need `Authorization: Bearer <it>`
 
 
 # ---------------------------------------------------------------- request and response bodies
@@ -287,6 +293,23 @@ class _RateLimit:
                               headers={"Retry-After": str(seconds)})(scope, receive, send)
 
 
+_BEARER = HTTPBearer(auto_error=False, scheme_name="jobs token",
+                     description=f"the server's --jobs-token (or ${JOBS_TOKEN_ENV}); asked only when it has one")
+
+
+def _check_jobs_token(request: Request,
+                      credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+    """/jobs on a server with --jobs-token: an upload costs CPU and Redis memory, and a job's results are
+    the uploader's papers. auto_error=False so that a refusal is this one-line 401, not FastAPI's 403."""
+    token = request.app.state.settings.jobs_token
+    if credentials is None:
+        raise HTTPException(401, "this server's /jobs need a token: send the header 'Authorization: Bearer TOKEN' "
+                                 "(TOKEN: the server's --jobs-token)", headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+        raise HTTPException(401, "the token in 'Authorization: Bearer' is not this server's --jobs-token",
+                            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
 class _TooLarge(StarletteHTTPException):
     """Raised while the body streams in; an HTTPException so FastAPI's body parsing passes it on."""
 
@@ -422,6 +445,8 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         return min(top_k or (TOP_CLASSES if predictor.single_label else n_labels), n_labels)
 
     error_responses = {413: {"model": Problem}, 422: {"model": Problem}, 429: {"model": Problem}}
+    jobs_auth = [Depends(_check_jobs_token)] if cfg.jobs_token else []  # so /docs shows a lock only when there is one
+    jobs_401 = {401: {"model": Problem}} if cfg.jobs_token else {}
 
     @app.get("/", include_in_schema=False)
     def root() -> dict:
@@ -510,13 +535,11 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         if cfg.redis_url:
             try:
                 connection = _redis()
-                from rq import Worker
-
-                from serving.jobs import make_queue
+                from serving.jobs import live_workers, make_queue
 
                 queue = make_queue(connection, cfg.queue)
                 redis_info.update(reachable=True, queue=cfg.queue, queued=queue.count,
-                                  workers=Worker.count(connection=connection, queue=queue))
+                                  workers=live_workers(connection, queue))
             except HTTPException as e:
                 redis_info.update(reachable=False, error=e.detail)
         predictor = registry.predictor()
@@ -525,6 +548,7 @@ def create_app(model_dir: str, **settings) -> FastAPI:
                           "max_length": predictor.max_length, "integrity": predictor.integrity,
                           "fingerprint": bundle_fingerprint(predictor.model_dir)},
                 "models": list(registry.entries),
+                "jobs_need_token": bool(cfg.jobs_token),  # whether, never the token
                 "redis": redis_info, "jobs": "enabled" if redis_info.get("reachable") else "unavailable",
                 "limits": {"max_text_chars": MAX_TEXT_CHARS, "max_batch": cfg.max_batch,
                            "max_upload_bytes": cfg.max_upload_bytes, "result_ttl_s": cfg.result_ttl,
@@ -541,7 +565,8 @@ def create_app(model_dir: str, **settings) -> FastAPI:
                                 headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)})
 
     @app.post("/jobs", status_code=202, tags=["jobs"], summary="Queue a CSV / JSONL file of papers",
-              responses={202: {"description": "queued; poll the Location"}, 413: {"model": Problem},
+              dependencies=jobs_auth,
+              responses={202: {"description": "queued; poll the Location"}, **jobs_401, 413: {"model": Problem},
                          415: {"model": Problem}, 422: {"model": Problem}, 429: {"model": Problem},
                          503: {"model": Problem}})
     def submit_job(
@@ -564,24 +589,29 @@ def create_app(model_dir: str, **settings) -> FastAPI:
             raise InputError(f"{name}: larger than {cfg.max_upload_bytes:,} bytes, the upload limit; split the file",
                              status=413)
         check_file_header(data, name, text_field=text_field or None, max_bytes=cfg.max_upload_bytes)
-        from serving.jobs import enqueue_batch_job, make_queue
+        from serving.jobs import JobStoreFull, enqueue_batch_job, make_queue
 
         queue = make_queue(connection, cfg.queue)
         _check_queue_room(queue)
         keep = min(ttl or cfg.result_ttl, cfg.result_ttl)
-        job = enqueue_batch_job(queue, data, name, text_field=text_field or None,
-                                threshold=threshold, top_k=min(top_k, len(predictor.labels)) or None, model=model_name,
-                                fingerprint=bundle_fingerprint(predictor.model_dir), result_ttl=keep,
-                                queue_ttl=cfg.queue_ttl, job_timeout=cfg.job_timeout, heartbeat=cfg.job_heartbeat,
-                                explain=explain)
+        try:
+            job = enqueue_batch_job(queue, data, name, text_field=text_field or None, threshold=threshold,
+                                    top_k=min(top_k, len(predictor.labels)) or None, model=model_name,
+                                    fingerprint=bundle_fingerprint(predictor.model_dir), result_ttl=keep,
+                                    queue_ttl=cfg.queue_ttl, job_timeout=cfg.job_timeout, heartbeat=cfg.job_heartbeat,
+                                    explain=explain)
+        except JobStoreFull:
+            raise HTTPException(503, "the job store is full (Redis is at its maxmemory); nothing was queued, "
+                                     "retry later", headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)}) from None
         location = f"/jobs/{job.id}"
         return JSONResponse({"id": job.id, "status": "queued", "model": model_name, "location": location,
                              "result_ttl_s": keep},
                             status_code=202, headers={"Location": location, "Retry-After": str(cfg.poll_after)})
 
     @app.get("/jobs/{job_id}", tags=["jobs"], summary="A job's status, or its results when done",
+             dependencies=jobs_auth,
              responses={200: {"description": "finished: the results"}, 202: {"description": "queued or running"},
-                        404: {"model": Problem}, 422: {"description": "failed: the file was unusable"},
+                        **jobs_401, 404: {"model": Problem}, 422: {"description": "failed: the file was unusable"},
                         500: {"description": "failed: the worker was lost or crashed"}, 503: {"model": Problem}})
     def get_job(job_id: str, format: Literal["json", "csv"] = Query("json", description="results as JSON or CSV")):
         connection = _redis()
@@ -596,10 +626,10 @@ def create_app(model_dir: str, **settings) -> FastAPI:
         keep = int(job.kwargs.get("ttl") or cfg.result_ttl)
         if state["status"] in ("queued", "running"):
             if state["status"] == "queued":
-                from rq import Worker
+                from serving.jobs import live_workers
 
                 state["position"] = job.get_position()
-                workers = Worker.count(connection=connection, queue=_queue(connection, job.origin))
+                workers = live_workers(connection, _queue(connection, job.origin))
                 state["workers"] = workers
                 if not workers:
                     state["note"] = f"no worker is serving queue '{job.origin}'; start one with `papertasks worker`"
@@ -630,8 +660,18 @@ def _queue(connection, name: str):
     return make_queue(connection, name)
 
 
-def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **settings) -> None:
-    """`papertasks serve`: load the default model (refusing a bad bundle), then run uvicorn."""
+def _is_loopback(host: str) -> bool:
+    """Whether a server listening on `host` is reachable from this machine only."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost
+        return False
+
+
+def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          public_jobs: bool = False, **settings) -> None:
+    """`papertasks serve`: load the default model (refusing a bad bundle), then run uvicorn. Jobs on a
+    server reachable from other machines need --jobs-token, or --public-jobs to say they are meant open."""
     import uvicorn
 
     from papertasks.errors import UserError
@@ -645,7 +685,15 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, log_level: 
     try:
         parse_rate(settings.get("rate_limit"))
     except RateSpecError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"--rate-limit {e}") from None
+    token = settings.get("jobs_token")
+    if token and not re.fullmatch(r"[!-~]+", token):
+        raise UserError("--jobs-token: use printable ASCII without spaces, such as the output of "
+                        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    if settings.get("redis_url") and not token and not public_jobs and not _is_loopback(host):
+        raise UserError(f"--host {host} with --redis-url lets anyone who reaches this server queue jobs and read "
+                        f"their results: pass --jobs-token TOKEN (or set ${JOBS_TOKEN_ENV}), or --public-jobs "
+                        "if that is intended")
     try:
         app = create_app(model_dir, **settings)
     except BundleError as e:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from deployment.limits import RATE_LIMIT_ENV
 from deployment.predictor import ALLOW_UNSIGNED_ENV, POLICIES
 from papertasks.cli_support import use_defaults
 from papertasks.errors import UserError
 from papertasks.paths import DEFAULT_BUNDLE, DEFAULT_MODELS_DIR, bundle_path
-from serving.limits import RATE_LIMIT_ENV
 
 
 THRESHOLD_HELP = ("one threshold for every label, as the API's `threshold` (default: the bundle's tuned "
@@ -67,13 +67,14 @@ def _app(args):
 
 def _serve(args):
     allow_unsigned(args)
-    from serving.api import serve
+    from serving.api import JOBS_TOKEN_ENV, serve
 
     serve(args.model, host=args.host, port=args.port, log_level=args.log_level, redis_url=args.redis_url,
           queue=args.queue, result_ttl=args.result_ttl, queue_ttl=args.queue_ttl, job_timeout=args.job_timeout,
           job_heartbeat=args.job_heartbeat, max_batch=args.max_batch,
           max_upload_bytes=int(args.max_upload_mb * 2**20), rate_limit=args.rate_limit,
-          max_queued_jobs=args.max_queued_jobs)
+          max_queued_jobs=args.max_queued_jobs, public_jobs=args.public_jobs,
+          jobs_token=args.jobs_token or os.environ.get(JOBS_TOKEN_ENV))  # not a parser default: --help would show it
 
 
 def _worker(args):
@@ -82,13 +83,15 @@ def _worker(args):
 
     if not args.redis_url:
         raise UserError("no Redis: pass --redis-url redis://HOST:6379/0 (or set PAPERTASKS_REDIS_URL)")
-    run_worker(args.redis_url, args.queue, model_dir=bundle_path(args.model), burst=args.burst, name=args.name)
+    run_worker(args.redis_url, args.queue, model_dir=bundle_path(args.model), burst=args.burst, name=args.name,
+               heartbeat=args.heartbeat)
 
 
 def register(sub) -> None:
-    from serving.api import Settings, serve
+    from serving.api import JOBS_TOKEN_ENV, Settings, serve
     from serving.batch import predict_file
     from serving.distributed import predict_with_dask
+    from serving.jobs import run_worker
 
     p = sub.add_parser("predict", help="batch prediction: JSONL/CSV in, JSONL out (id, labels, scores)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -168,6 +171,11 @@ def register(sub) -> None:
                                         "default")
     p.add_argument("--max-queued-jobs", type=int, help="jobs waiting for a worker; past it POST /jobs answers 503 "
                                                        "with Retry-After and queues nothing (0: no cap)")
+    p.add_argument("--jobs-token", metavar="TOKEN",
+                   help="POST /jobs and GET /jobs/{id} then need 'Authorization: Bearer TOKEN' (default: "
+                        f"${JOBS_TOKEN_ENV}, better than the flag, which other users see in the process list)")
+    p.add_argument("--public-jobs", action="store_true",
+                   help="serve /jobs without a token on a --host beyond loopback (refused otherwise)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     use_defaults(p, serve, Settings)
     p.add_argument("--allow-unsigned", action="store_true", help=UNSIGNED_HELP)
@@ -182,5 +190,8 @@ def register(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODELS_DIR, help="the same --model as the server's")
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     p.add_argument("--name", help="worker name (default: RQ picks a unique one)")
+    p.add_argument("--heartbeat", type=float, help="seconds between the worker's heartbeats; /health stops counting "
+                                                   "a worker silent for 3x this")
+    use_defaults(p, run_worker)
     p.add_argument("--allow-unsigned", action="store_true", help=UNSIGNED_HELP)
     p.set_defaults(func=_worker)

@@ -10,10 +10,19 @@ result TTL. A job stamped with another bundle's fingerprint than the worker's is
 A worker that dies mid-job (SIGKILL, OOM, machine lost) cannot report anything, so each running job
 refreshes a heartbeat key every `heartbeat` seconds; `job_state` (used by GET /jobs/{id}) marks a
 started job whose heartbeat has lapsed as failed ('worker_lost') instead of leaving it 'running'.
-Failures the worker can report carry a type and a one-line message in `job.meta['error']`.
+Failures the worker can report carry a type and a one-line message in `job.meta['error']`. Workers
+heartbeat too, busy or idle, so `live_workers` counts only the ones alive, not every one RQ still
+lists (a killed worker stays registered for minutes).
+
+Redis is the only copy of the queue: run it with serving/redis.conf (AOF, so jobs survive a restart;
+maxmemory with noeviction, so a full store refuses new jobs, `JobStoreFull`, instead of dropping
+queued ones). A worker outlives a Redis outage: RQ's loop ends on it, `run_worker` waits and starts
+it again; the job it was running is reported failed ('worker_lost', by the heartbeat rule) unless
+Redis came back in time for it to finish.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -25,6 +34,10 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE = "papertasks"
 UPLOAD_KEY = "papertasks:upload:{}"
 HEARTBEAT_KEY = "papertasks:heartbeat:{}"
+WORKER_HEARTBEAT = 5.0  # seconds between a worker's heartbeats; silent for 3x this, it is not counted
+WORKER_HEARTBEAT_FIELD = "papertasks_heartbeat"  # a worker's interval, in its RQ hash, for live_workers
+RECONNECT_FIRST_WAIT = 1.0  # seconds a worker that lost Redis waits before trying again, doubled after
+RECONNECT_MAX_WAIT = 30.0  # each failed try up to this
 JOB_FUNC = "serving.jobs.run_batch_job"
 CHUNK_ROWS = int(os.environ.get("PAPERTASKS_JOB_CHUNK_ROWS", "64"))
 # Test hook: seconds to sleep after each chunk, so a test can kill a worker mid-job deterministically.
@@ -65,32 +78,32 @@ def make_queue(connection, name: str = DEFAULT_QUEUE):
     return Queue(name, connection=connection, serializer=JSONSerializer)
 
 
-class _Heartbeat(threading.Thread):
-    """Refreshes HEARTBEAT_KEY (expiring after 3 intervals) until stopped or the process dies."""
+class JobStoreFull(Exception):
+    """Redis refused the job at its maxmemory (policy noeviction); nothing of it was kept."""
 
-    def __init__(self, connection, job_id: str, interval: float):
-        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
-        self.connection, self.key, self.interval = connection, HEARTBEAT_KEY.format(job_id), interval
+
+class _Heartbeat(threading.Thread):
+    """Calls `beat` every `interval` seconds until stopped or the process dies. A beat that fails
+    (Redis away) is logged once per outage, not every interval, and tried again at the next."""
+
+    def __init__(self, beat, interval: float, name: str):
+        super().__init__(daemon=True, name=name)
+        self.beat, self.interval = beat, interval
         self.stopped = threading.Event()
 
-    def beat(self) -> None:
-        self.connection.set(self.key, "1", px=int(3000 * self.interval))
-
     def run(self) -> None:
+        failing = False
         while not self.stopped.wait(self.interval):
             try:
                 self.beat()
-            except Exception as e:  # Redis briefly away: the next beat may work
-                log.warning("heartbeat for %s failed: %s", self.key, e)
+                failing = False
+            except Exception as e:
+                if not failing:
+                    log.warning("%s failed (%s); trying again every %g s", self.name, e, self.interval)
+                failing = True
 
     def stop(self) -> None:
-        """Stop beating, with one last beat: the key outlives the function by 3 intervals, time for
-        RQ to record the job's end, so a job that just finished is never taken for a lost one."""
         self.stopped.set()
-        try:
-            self.beat()
-        except Exception:
-            pass
 
 
 def _fail(job, kind: str, message: str, status: int) -> None:
@@ -112,9 +125,14 @@ def run_batch_job(filename: str, text_field: str | None = None, threshold: float
 
     job = get_current_job()
     connection = job.connection
-    beat = _Heartbeat(connection, job.id, heartbeat)
-    beat.beat()
-    beat.start()
+    heartbeat_key = HEARTBEAT_KEY.format(job.id)
+
+    def beat() -> None:  # the key expires after 3 intervals: then job_state takes the worker for lost
+        connection.set(heartbeat_key, "1", px=int(3000 * heartbeat))
+
+    beat()
+    beats = _Heartbeat(beat, heartbeat, f"heartbeat of job {job.id}")
+    beats.start()
     job.meta.update(progress={"done": 0, "total": None}, heartbeat=heartbeat)
     job.save_meta()
     try:
@@ -163,7 +181,9 @@ def run_batch_job(filename: str, text_field: str | None = None, threshold: float
                 _fail(job, "worker_error", f"the worker failed: {type(e).__name__}: {str(e)[:300]}", 500)
         raise
     finally:
-        beat.stop()
+        beats.stop()
+        with contextlib.suppress(Exception):  # one last beat: the key outlives the function by 3 intervals, time
+            beat()  # for RQ to record the job's end, so a job that just finished is never taken for a lost one
         connection.delete(UPLOAD_KEY.format(job.id))
         connection.expire(job.key, ttl)  # a failed job expires like a finished one
 
@@ -171,16 +191,27 @@ def run_batch_job(filename: str, text_field: str | None = None, threshold: float
 def enqueue_batch_job(queue, data: bytes, filename: str, *, text_field: str | None, threshold: float | None,
                       top_k: int | None, model: str | None, fingerprint: str | None, result_ttl: int, queue_ttl: int,
                       job_timeout: int, heartbeat: float, explain: bool = False):
-    """Store the upload, then enqueue the job (the upload expires with the queued job)."""
+    """Store the upload, then enqueue the job (the upload expires with the queued job). If either
+    fails, the upload is deleted; JobStoreFull when Redis is at its maxmemory."""
     import uuid
 
+    from redis.exceptions import OutOfMemoryError
+
     job_id = uuid.uuid4().hex
-    queue.connection.set(UPLOAD_KEY.format(job_id), data, ex=queue_ttl + job_timeout)
-    return queue.enqueue_call(JOB_FUNC, kwargs=dict(filename=filename, text_field=text_field, threshold=threshold,
-                                                    top_k=top_k, model=model, fingerprint=fingerprint,
-                                                    heartbeat=heartbeat, ttl=result_ttl, explain=explain),
-                              job_id=job_id, timeout=job_timeout, result_ttl=result_ttl, failure_ttl=result_ttl,
-                              ttl=queue_ttl, meta={"progress": {"done": 0, "total": None}})
+    upload_key = UPLOAD_KEY.format(job_id)
+    try:
+        queue.connection.set(upload_key, data, ex=queue_ttl + job_timeout)
+        return queue.enqueue_call(JOB_FUNC, kwargs=dict(filename=filename, text_field=text_field, threshold=threshold,
+                                                        top_k=top_k, model=model, fingerprint=fingerprint,
+                                                        heartbeat=heartbeat, ttl=result_ttl, explain=explain),
+                                  job_id=job_id, timeout=job_timeout, result_ttl=result_ttl, failure_ttl=result_ttl,
+                                  ttl=queue_ttl, meta={"progress": {"done": 0, "total": None}})
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # DEL is allowed at maxmemory; Redis away, the key expires anyway
+            queue.connection.delete(upload_key)
+        if isinstance(e, OutOfMemoryError):
+            raise JobStoreFull(str(e)) from None
+        raise
 
 
 def _iso(value) -> str | None:
@@ -249,19 +280,99 @@ def mark_lost(job, meta: dict) -> None:
     log.warning("job %s: %s", job.id, meta["error"]["message"])
 
 
-def run_worker(redis_url: str, queues: list[str], model_dir: str, burst: bool = False, name: str | None = None) -> None:
-    """`papertasks worker`: load the models (`model_dir`: a folder with models.json, or one bundle),
-    then take jobs in this process (RQ SimpleWorker: no fork per job, the models stay loaded; a
-    killed worker loses only its current job). The default model loads now, so a bad bundle stops
-    the worker; the others load on their first job."""
-    from redis.exceptions import RedisError
+def live_workers(connection, queue) -> int:
+    """Workers on `queue` heard from within 3 of their heartbeat intervals (plain `rq worker`s: within
+    RQ's worker TTL). RQ alone keeps counting a killed worker until its key expires, minutes later."""
+    from rq.defaults import DEFAULT_WORKER_TTL
+    from rq.utils import utcparse
+    from rq.worker_registration import get_keys
+
+    with connection.pipeline(transaction=False) as pipe:
+        for key in get_keys(queue=queue):
+            pipe.hmget(key, "last_heartbeat", WORKER_HEARTBEAT_FIELD)
+        beats = pipe.execute()
+    now = datetime.now(timezone.utc)
+    return sum(1 for last, interval in beats
+               if last and (now - utcparse(last.decode())).total_seconds()
+               <= (3 * float(interval) if interval else DEFAULT_WORKER_TTL))
+
+
+def _worker_class(interval: float, redis_away: tuple):
+    """RQ's SimpleWorker (jobs run in the worker's process: no fork per job, the models stay loaded)
+    with what `papertasks worker` needs; a function so that rq is imported only by workers."""
     from rq import SimpleWorker
+    from rq.exceptions import StopRequested
+    from rq.worker_registration import register
+
+    class Worker(SimpleWorker):
+        """Heartbeats every `interval` s from a thread (RQ's SimpleWorker does not while a job runs);
+        ends RQ's loop quietly when Redis is lost mid-job (`redis_lost`), where RQ would log a page of
+        traceback; records whether a stop was asked (SIGINT, SIGTERM)."""
+        max_connection_wait_time = RECONNECT_MAX_WAIT  # RQ's own retries while it waits for a job
+        stop_requested = False
+        redis_lost = None
+        beats = None
+
+        def bootstrap(self, *args, **kwargs):
+            super().bootstrap(*args, **kwargs)  # registers the worker, which a beat must not precede
+            self.beat()
+            self.beats = _Heartbeat(self.beat, interval, f"heartbeat of worker {self.name}")
+            self.beats.start()
+
+        def beat(self) -> None:
+            """RQ's heartbeat and our interval; registers the worker again if Redis restarted without it."""
+            with self.connection.pipeline() as pipe:
+                pipe.hexists(self.key, "birth")
+                self.heartbeat(pipeline=pipe)
+                pipe.hset(self.key, WORKER_HEARTBEAT_FIELD, interval)
+                registered = pipe.execute()[0]
+            if not registered:
+                with self.connection.pipeline() as pipe:
+                    pipe.hset(self.key, mapping=self.serialize())
+                    register(self, pipe)
+                    pipe.execute()
+
+        def execute_job(self, job, queue):
+            try:
+                super().execute_job(job, queue)
+            except redis_away as e:  # Redis lost around a job: job_state reports the job (heartbeat rule)
+                self.redis_lost = e
+                raise StopRequested from None
+
+        def handle_warm_shutdown_request(self):
+            self.stop_requested = True
+            super().handle_warm_shutdown_request()
+
+        def teardown(self):
+            """Stop the threads first: they need no Redis, RQ's teardown (recording the death) does."""
+            if self.beats:
+                self.beats.stop()
+            if self.pubsub_thread:
+                self.pubsub_thread.stop()
+            super().teardown()
+
+    return Worker
+
+
+def run_worker(redis_url: str, queues: list[str], model_dir: str, burst: bool = False, name: str | None = None,
+               heartbeat: float = WORKER_HEARTBEAT) -> None:
+    """`papertasks worker`: load the models (`model_dir`: a folder with models.json, or one bundle),
+    then take jobs in this process (a killed worker loses only its current job). The default model
+    loads now, so a bad bundle stops the worker; the others load on their first job. When Redis goes
+    away (or refuses writes, full), RQ's loop ends; the worker waits (RECONNECT_FIRST_WAIT, doubling
+    up to RECONNECT_MAX_WAIT) and starts it again, under the same name. SIGINT or SIGTERM stops it."""
+    import signal
+    import uuid
+
+    from redis import exceptions as redis_errors
     from rq.serializers import JSONSerializer
 
     from deployment.predictor import BundleError
     from deployment.registry import Registry
     from papertasks.errors import UserError
 
+    if heartbeat <= 0:
+        raise UserError("--heartbeat must be positive")
     try:
         registry = Registry.from_path(model_dir)
         registry.predictor()
@@ -271,11 +382,39 @@ def run_worker(redis_url: str, queues: list[str], model_dir: str, burst: bool = 
     connection = redis_connection(redis_url)
     try:
         connection.ping()
-    except RedisError as e:
-        raise UserError(f"cannot reach Redis at {redis_url} ({e}); start it with `redis-server` "
+    except redis_errors.RedisError as e:
+        raise UserError(f"cannot reach Redis at {redis_url} ({e}); start it with `redis-server serving/redis.conf` "
                         "or pass --redis-url") from None
     log.info("worker on %s, queues %s, models %s from %s", redis_url, ", ".join(queues), ", ".join(registry.entries),
              model_dir)
-    worker = SimpleWorker([make_queue(connection, q) for q in queues], connection=connection,
-                          serializer=JSONSerializer, name=name)
-    worker.work(burst=burst, with_scheduler=False)
+    redis_away = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.OutOfMemoryError)
+    worker_class = _worker_class(heartbeat, redis_away)
+    name = name or uuid.uuid4().hex  # RQ's default, kept across restarts
+    signal_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    wait = RECONNECT_FIRST_WAIT
+    while True:
+        worker = worker_class([make_queue(connection, q) for q in queues], connection=connection,
+                              serializer=JSONSerializer, name=name)
+        started = time.monotonic()
+        try:
+            worker.work(burst=burst, with_scheduler=False)
+            lost = worker.redis_lost
+        except redis_away as e:  # while starting or ending RQ's loop
+            lost = worker.redis_lost or e
+        if worker.stop_requested or (burst and lost is None):
+            return
+        problem = f"{type(lost).__name__}: {lost}" if lost else "its loop ended on an error, logged above"
+        for sig, handler in signal_handlers.items():  # RQ's handlers act on its loop; while waiting, stop at once
+            signal.signal(sig, handler)
+        if time.monotonic() - started > RECONNECT_MAX_WAIT:  # it worked for a while: a new outage
+            wait = RECONNECT_FIRST_WAIT
+        log.warning("worker %s stopped taking jobs (%s); reconnecting to Redis at %s in %g s, then every %g s "
+                    "at most", name, problem, redis_url, wait, RECONNECT_MAX_WAIT)
+        while True:  # until Redis takes the record of the worker's death, without which its name stays taken
+            time.sleep(wait)
+            wait = min(2 * wait, RECONNECT_MAX_WAIT)
+            try:
+                worker.register_death()
+                break
+            except redis_away:
+                pass

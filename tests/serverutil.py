@@ -16,9 +16,10 @@ from pathlib import Path
 
 from apputil import free_port
 from conftest import REPO
-from serving.limits import RATE_LIMIT_ENV
+from deployment.limits import RATE_LIMIT_ENV
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CONF = REPO / "serving" / "redis.conf"  # the documented setup: AOF, maxmemory with noeviction
 
 
 def wait_until(check, timeout: float, what: str, interval: float = 0.1):
@@ -105,11 +106,14 @@ def worker(model: Path, redis_url: str, log_dir: Path, *args: str, env: dict | N
 
 
 @contextlib.contextmanager
-def redis_server(tmp_dir: Path):
-    """A throwaway redis-server (no persistence) on a free port; yields (url, Process)."""
-    port = free_port()
-    proc = Process([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--dir", str(tmp_dir)], tmp_dir / f"redis-{port}.log")
+def redis_server(tmp_dir: Path, *options: str | Path, port: int | None = None):
+    """A redis-server keeping its files in `tmp_dir`, on `port` (default: a free one); yields (url, Process).
+    `options`: a config file and/or flags, e.g. (REDIS_CONF,); without them, no persistence. Started again
+    on the same folder and port with the same options, it reads back what it had written."""
+    port = port or free_port()
+    options = options or ("--save", "", "--appendonly", "no")
+    proc = Process([REDIS_SERVER, *options, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_dir)],
+                   tmp_dir / f"redis-{port}-{time.time_ns()}.log")
     url = f"redis://127.0.0.1:{port}/0"
     try:
         import redis

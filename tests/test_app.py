@@ -68,7 +68,8 @@ def test_space_folder_is_self_contained():
     packages = {line.split("==")[0].strip() for line in lines if line.strip() and not line.startswith("#")}
     assert {"gradio", "onnxruntime", "tokenizers", "numpy"} <= packages
     assert not packages & {"torch", "transformers", "fastai"}
-    imports = [line for f in ("app.py", "inputs.py", "predictor.py", "registry.py", "explain.py", "feedback.py")
+    imports = [line for f in ("app.py", "inputs.py", "predictor.py", "registry.py", "explain.py", "feedback.py",
+                              "limits.py")
                for line in (REPO / "deployment" / f).read_text().splitlines() if line.startswith(("import ", "from "))]
     assert not [line for line in imports if "papertasks" in line or "serving" in line or "torch" in line]
 
@@ -213,3 +214,59 @@ def test_the_space_bounds_its_queue_temp_files_and_file_jobs(tiny_bundle):
     assert demo._queue.max_size == QUEUE_SIZE and demo.delete_cache == TEMP_FILES
     limits = {fn.api_name: fn.concurrency_limit for fn in demo.fns.values()}
     assert limits["classify_file"] == FILE_JOBS_AT_ONCE > 1
+
+
+def test_the_space_limits_each_clients_scoring_calls(tmp_path, monkeypatch):
+    """Past its rate, a client's scoring calls (classify, explain, file jobs, corrections: one bucket) are
+    refused with when to retry, before they do anything; another client is still served, and behind the
+    Space's proxy each client address the proxy appended to X-Forwarded-For counts alone. "off" turns it off; a bad rate stops the start."""
+    import gradio as gr
+    from fastapi import Request
+
+    from deployment.app import build_demo, launch
+    from deployment.feedback import FeedbackStore
+    from deployment.limits import RATE_LIMIT_ENV
+
+    bundle = REPO / "deployment" / "models" / "arxiv"
+    registry, store = Registry.from_path(bundle), FeedbackStore(tmp_path / "feedback.sqlite3")
+
+    def client(host: str, forwarded: str | None = None) -> gr.Request:
+        headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+        return gr.Request(Request({"type": "http", "headers": headers, "client": (host, 50000)}))
+
+    def handlers(demo: gr.Blocks) -> dict:
+        return {fn.api_name: fn.fn for fn in demo.fns.values()}
+
+    monkeypatch.delenv(RATE_LIMIT_ENV, raising=False)
+    app = handlers(build_demo(registry, store, rate_limit="2/min"))
+    proxy = "10.0.0.1"
+    assert app["classify"](EXAMPLE, 0.5, True, "arxiv", 3, client(proxy))[1].startswith("Predicted:")
+    with pytest.raises(gr.Error, match="Upload a CSV"):  # refused for its input, still counted
+        app["classify_file"](None, "arxiv", client(proxy))
+    for refused in (lambda: app["classify"](EXAMPLE, 0.5, True, "arxiv", 3, client(proxy)),
+                    lambda: app["classify_file"](None, "arxiv", client(proxy)),
+                    lambda: app["explain"](EXAMPLE, 0.5, True, "arxiv", None, client(proxy)),
+                    lambda: app["feedback"](EXAMPLE, 0.5, True, "arxiv", ["cs.AI"], [], client(proxy))):
+        with pytest.raises(gr.Error) as error:
+            refused()
+        assert re.fullmatch(r"Too many requests from your address \(the limit is 2/min\); retry in (29|30) s\.",
+                            error.value.message), error.value.message
+    assert not store.path.exists()  # the refused correction stored nothing
+    assert app["classify"](EXAMPLE, 0.5, True, "arxiv", 3, client("10.0.0.2"))[1].startswith("Predicted:")
+    behind_proxy = client(proxy, forwarded="203.0.113.7")  # the address the Space's proxy saw and appended
+    assert app["classify"](EXAMPLE, 0.5, True, "arxiv", 3, behind_proxy)[1].startswith("Predicted:")
+    for spoofed in ("198.51.100.1", "198.51.100.2"):  # a client's own first entries change nothing
+        call = lambda: app["classify"](EXAMPLE, 0.5, True, "arxiv", 3, client(proxy, f"{spoofed}, 203.0.113.7"))
+        if spoofed.endswith("1"):
+            assert call()[1].startswith("Predicted:")
+        else:
+            with pytest.raises(gr.Error, match="Too many requests"):
+                call()
+
+    monkeypatch.setenv(RATE_LIMIT_ENV, "off")
+    app = handlers(build_demo(registry, store))
+    assert all(app["classify"](EXAMPLE, 0.5, True, "arxiv", 3, client(proxy))[0] for _ in range(4))
+    monkeypatch.setenv(RATE_LIMIT_ENV, "lots")
+    with pytest.raises(SystemExit, match=re.escape(f"papertasks app: error: ${RATE_LIMIT_ENV} 'lots': give requests "
+                                                   "per unit, such as 60/min")):
+        launch(bundle)

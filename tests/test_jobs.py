@@ -1,6 +1,7 @@
 """Async jobs for real: redis-server from the system package, `papertasks serve --redis-url` and
-`papertasks worker` processes; the whole job lifecycle, a worker killed mid-job, expiry, bad files, and
-jobs for a single-label model of a registry."""
+`papertasks worker` processes; the whole job lifecycle, a worker killed mid-job, expiry, bad files,
+jobs for a single-label model of a registry, and Redis as documented (serving/redis.conf): jobs and
+workers through a Redis restart, a full Redis, and /health counting live workers only."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +11,7 @@ import os
 import signal
 import shutil
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -18,7 +20,7 @@ from apputil import models_folder
 from conftest import REPO
 from deployment.inputs import CSV_COLUMNS, predict_rows, read_batch_file
 from deployment.predictor import Predictor
-from serverutil import REDIS_SERVER, api_server, redis_server, wait_until, worker
+from serverutil import REDIS_CONF, REDIS_SERVER, api_server, redis_server, wait_until, worker
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server") and not os.path.exists(REDIS_SERVER),
                                 reason="redis-server is not installed (apt-get install redis-server; .ci/run does)")
@@ -297,3 +299,97 @@ def test_a_full_queue_answers_503_and_queues_nothing(redis_url, logs):
         assert submit(api, "papers.csv", b"text\nGraph neural networks.\n").status_code == 202
         assert "Traceback" not in proc.output(), proc.output()[-3000:]
     queue.empty()
+
+
+def test_health_counts_live_workers_only(api, tiny_bundle, redis_url, logs):
+    """A SIGKILLed worker stays registered in RQ until its key expires (minutes); /health and a queued
+    job's `workers` stop counting it once it misses 3 heartbeats."""
+    import redis
+    from rq import Worker
+
+    from serving.jobs import fetch_job, make_queue
+
+    connection = redis.Redis.from_url(redis_url)
+    with worker(tiny_bundle, redis_url, logs, "--heartbeat", "0.5", name="killed") as doomed:
+        wait_until(lambda: api.get("/health").json()["redis"]["workers"] == 1, 10, "/health to count the worker")
+        time.sleep(1)  # past its first heartbeats
+        assert api.get("/health").json()["redis"]["workers"] == 1
+        os.kill(doomed.pid, signal.SIGKILL)
+        killed_at = time.time()
+        wait_until(lambda: api.get("/health").json()["redis"]["workers"] == 0, 10, "/health to drop the worker")
+    assert time.time() - killed_at < 5
+    assert Worker.count(connection=connection, queue=make_queue(connection)) >= 1  # RQ still lists it
+    r = submit(api, "papers.csv", b"text\nGraph neural networks.\n")
+    queued = api.get(r.headers["Location"]).json()
+    assert queued["status"] == "queued" and queued["workers"] == 0 and "papertasks worker" in queued["note"]
+    fetch_job(connection, r.json()["id"]).delete()  # not for the next test's worker
+
+
+def test_a_queued_job_survives_a_redis_restart(tiny_bundle, tmp_path, papers):
+    """With serving/redis.conf (AOF) a job queued while no worker runs is still queued after
+    redis-server restarts (202, not a misleading 404), and a worker started afterwards finishes it."""
+    with redis_server(tmp_path, REDIS_CONF) as (url, first), \
+            api_server(tiny_bundle, tmp_path, "--redis-url", url) as (base, api_proc), \
+            httpx.Client(base_url=base, timeout=30) as api:
+        r = submit(api, "papers.jsonl", jsonl(papers[:10]))
+        assert r.status_code == 202, r.text
+        location = r.headers["Location"]
+        first.stop()  # SIGTERM: Redis writes what it has and exits
+        with redis_server(tmp_path, REDIS_CONF, port=urlsplit(url).port):
+            queued = api.get(location)
+            assert queued.status_code == 202 and queued.json()["status"] == "queued", queued.text
+            with worker(tiny_bundle, url, tmp_path):
+                done = poll(api, location, lambda r: r.status_code == 200)
+        assert done.json()["count"] == 10 and done.json()["errors"] == 0
+        assert "Traceback" not in api_proc.output(), api_proc.output()[-3000:]
+    assert (tmp_path / "appendonlydir").is_dir()
+
+
+def test_a_worker_rides_out_a_redis_restart(tiny_bundle, tmp_path, papers):
+    """Redis stops under a busy worker and comes back on the same port: the same worker process takes
+    the next job, the job it was running ends (failed, or finished) instead of staying 'running', and
+    SIGTERM still stops the worker, even while Redis is away."""
+    with redis_server(tmp_path, REDIS_CONF) as (url, first), \
+            api_server(tiny_bundle, tmp_path, "--redis-url", url, "--job-heartbeat", str(HEARTBEAT)) as (base, _), \
+            httpx.Client(base_url=base, timeout=30) as api, \
+            worker(tiny_bundle, url, tmp_path, env=SLOW) as survivor:
+        location = submit(api, "papers.jsonl", jsonl(papers)).headers["Location"]
+        poll(api, location, lambda r: r.json().get("status") == "running" and (r.json()["progress"]["done"] or 0) >= 8)
+        first.stop()
+        wait_until(lambda: "stopped taking jobs (ConnectionError" in survivor.output(), 30, "the worker to notice")
+        with redis_server(tmp_path, REDIS_CONF, port=urlsplit(url).port):
+            ended = wait_until(lambda: (r := api.get(location)).status_code != 202 and r, 20, "the job to end")
+            assert ended.status_code == 200 or ended.json()["error"]["type"] in ("worker_lost", "worker_error"), \
+                ended.text
+            r = submit(api, "papers.jsonl", jsonl(papers[:8]))
+            assert poll(api, r.headers["Location"], lambda r: r.status_code == 200).json()["count"] == 8
+            assert survivor.alive()
+        assert survivor.output().count("stopped taking jobs") == 1 and "Traceback" not in survivor.output()
+    assert survivor.proc.returncode == 0, survivor.output()[-3000:]
+
+
+def test_a_full_redis_answers_503_and_keeps_nothing_half_stored(tiny_bundle, tmp_path):
+    """At its maxmemory (noeviction, as serving/redis.conf sets) Redis refuses the upload or the job:
+    POST /jobs answers 503 with Retry-After, the upload of a refused job is gone, /health answers."""
+    import redis
+
+    from serving.jobs import UPLOAD_KEY
+
+    rows = "".join(f"Graph neural networks for molecules, paper {i}.\n" for i in range(6000))
+    data = f"text\n{rows}".encode()  # about 300 KB
+    with redis_server(tmp_path, REDIS_CONF, "--maxmemory", "4mb") as (url, _), \
+            api_server(tiny_bundle, tmp_path, "--redis-url", url) as (base, api_proc), \
+            httpx.Client(base_url=base, timeout=30) as api:
+        answers = []
+        while len(answers) < 20 and 503 not in answers:
+            r = submit(api, "papers.csv", data)
+            answers.append(r.status_code)
+        assert answers[0] == 202 and answers[-1] == 503 and set(answers) == {202, 503}, answers
+        assert r.headers["Retry-After"] == "30" and r.json() == {"detail": r.json()["detail"]}
+        assert r.json()["detail"] == ("the job store is full (Redis is at its maxmemory); nothing was queued, "
+                                      "retry later")
+        assert len(redis.Redis.from_url(url).keys(UPLOAD_KEY.format("*"))) == answers.count(202)
+        health = api.get("/health")
+        assert health.status_code == 200 and health.json()["redis"]["reachable"] is True
+        assert health.json()["redis"]["queued"] == answers.count(202)
+        assert "Traceback" not in api_proc.output(), api_proc.output()[-3000:]

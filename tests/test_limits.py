@@ -13,7 +13,7 @@ import pytest
 from apputil import free_port, models_folder
 from conftest import REPO, assert_clean_error, run_cli
 from serverutil import api_server
-from serving.limits import RATE_LIMIT_ENV, RateSpecError, TokenBucket, parse_rate, retry_after
+from deployment.limits import RATE_LIMIT_ENV, RateSpecError, TokenBucket, parse_rate, retry_after
 
 SHIPPED = REPO / "deployment" / "models"
 TEXT = "Graph neural networks for molecule property prediction."
@@ -164,3 +164,81 @@ def test_bundle_errors_name_the_model_not_the_path(tmp_path, damage):
     for shown in (pwc["error"], r.json()["detail"]):
         assert str(tmp_path) not in shown and "secret-place" not in shown and str(REPO) not in shown, shown
         assert os.sep + "models" + os.sep not in shown, shown
+
+
+def test_jobs_need_the_servers_token_when_it_has_one(tmp_path):
+    """With a jobs token, POST /jobs and GET /jobs/{id} answer 401 (one line, WWW-Authenticate: Bearer)
+    without the right `Authorization: Bearer`; with it a request gets past the check (here to the 503 of a
+    server without Redis). /predict stays open, /health says a token is needed (never which), and
+    /docs shows the lock on the /jobs routes alone; without a token nothing changes."""
+    from fastapi.testclient import TestClient
+
+    from serving.api import JOBS_TOKEN_ENV, create_app
+
+    token = "s3cret-Token_42"
+    upload = {"file": ("a.csv", b"text\nGraph neural networks.\n")}
+    app = create_app(str(SHIPPED / "arxiv"), rate_limit="off", jobs_token=token,
+                     feedback_db=str(tmp_path / "feedback.sqlite3"))
+    with TestClient(app) as client:
+        for headers, says in (({}, "need a token: send the header 'Authorization: Bearer TOKEN'"),
+                              ({"Authorization": f"Basic {token}"}, "need a token"),
+                              ({"Authorization": "Bearer wrong"}, "is not this server's --jobs-token"),
+                              ({"Authorization": f"Bearer {token}x"}, "is not this server's --jobs-token"),
+                              ({"Authorization": "Bearer t\u00e9".encode()}, "is not this server's --jobs-token")):
+            for r in (client.post("/jobs", files=upload, headers=headers), client.get("/jobs/abc", headers=headers)):
+                assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer"), (headers, r.text)
+                assert list(r.json()) == ["detail"] and says in r.json()["detail"], r.json()
+                assert "\n" not in r.json()["detail"] and token not in r.json()["detail"]
+        for r in (client.post("/jobs", files=upload, headers={"Authorization": f"Bearer {token}"}),
+                  client.get("/jobs/abc", headers={"authorization": f"bearer {token}"})):
+            assert r.status_code == 503 and "started without --redis-url" in r.json()["detail"], r.text
+        assert client.post("/predict", json={"text": TEXT}).status_code == 200
+        health = client.get("/health").json()
+        assert health["jobs_need_token"] is True and token not in json.dumps(health)
+        spec = client.get("/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"]["jobs token"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer" and JOBS_TOKEN_ENV in scheme["description"]
+    assert spec["paths"]["/jobs"]["post"]["security"] == [{"jobs token": []}]
+    assert spec["paths"]["/jobs/{job_id}"]["get"]["security"] == [{"jobs token": []}]
+    assert "401" in spec["paths"]["/jobs"]["post"]["responses"] and "security" not in spec["paths"]["/predict"]["post"]
+
+    with TestClient(create_app(str(SHIPPED / "arxiv"), rate_limit="off",
+                               feedback_db=str(tmp_path / "feedback.sqlite3"))) as client:
+        assert client.post("/jobs", files=upload).status_code == 503  # no token asked
+        assert client.get("/health").json()["jobs_need_token"] is False
+        assert "security" not in client.get("/openapi.json").json()["paths"]["/jobs"]["post"]
+
+
+def test_serve_will_not_expose_jobs_beyond_loopback_without_a_token(monkeypatch, capsys):
+    """`serve --host 0.0.0.0 --redis-url ...` stops with one line unless it has a token ($PAPERTASKS_JOBS_TOKEN
+    or --jobs-token) or --public-jobs says open jobs are meant; on loopback, or without Redis, it starts."""
+    import uvicorn
+
+    from papertasks.cli import main
+    from serving.api import JOBS_TOKEN_ENV
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append((app.state.settings, kw["host"])))
+    monkeypatch.delenv(JOBS_TOKEN_ENV, raising=False)
+    monkeypatch.delenv("PAPERTASKS_REDIS_URL", raising=False)
+    redis = ["--redis-url", "redis://127.0.0.1:1/0"]  # nothing listens: serve only warns
+    serve = ["serve", "--model", str(SHIPPED / "arxiv"), "--rate-limit", "off"]
+    for host in ("0.0.0.0", "::", "192.0.2.7", "api.example.org"):
+        assert main([*serve, "--host", host, *redis]) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        assert line == (f"papertasks serve: error: --host {host} with --redis-url lets anyone who reaches this "
+                        f"server queue jobs and read their results: pass --jobs-token TOKEN (or set "
+                        f"${JOBS_TOKEN_ENV}), or --public-jobs if that is intended"), line
+    assert main([*serve, "--host", "0.0.0.0", *redis, "--jobs-token", "has space"]) == 2
+    assert "--jobs-token: use printable ASCII without spaces" in capsys.readouterr().err
+    assert not started
+
+    assert main([*serve, "--host", "localhost", *redis]) == 0
+    assert main([*serve, "--host", "0.0.0.0"]) == 0  # no Redis: no jobs to expose
+    assert main([*serve, "--host", "0.0.0.0", *redis, "--public-jobs"]) == 0
+    monkeypatch.setenv(JOBS_TOKEN_ENV, "from-the-environment")
+    assert main([*serve, "--host", "0.0.0.0", *redis]) == 0
+    assert main([*serve, "--host", "0.0.0.0", *redis, "--jobs-token", "from-the-flag"]) == 0
+    assert [(cfg.jobs_token, host) for cfg, host in started] == [
+        (None, "localhost"), (None, "0.0.0.0"), (None, "0.0.0.0"), ("from-the-environment", "0.0.0.0"),
+        ("from-the-flag", "0.0.0.0")]

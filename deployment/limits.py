@@ -1,14 +1,15 @@
-"""Limits for a public deployment of the REST API: a request rate per client, in-process.
+"""Per-client request rates for the public front ends: the Space (deployment/app.py) and the REST API
+(serving/api.py), which imports it from here since deployment/ imports nothing of the repo.
 
-A public server (a Space, a VM with `--host 0.0.0.0`) must not let one client take every core: four
-maximum-size /predict/batch calls hold 2 cores for over a minute, and 64 clients in a loop push
-everyone's p95 to seconds. So each client address gets a token bucket (the rule nginx's limit_req
-and most API gateways apply): `N/unit` allows a burst of N requests, refilled at N per unit, and a
-request finding the bucket empty is answered 429 with Retry-After, before its body is read.
+A public server must not let one client take every core: four maximum-size /predict/batch calls hold
+2 cores for over a minute, and 64 clients in a loop push everyone's p95 to seconds. So each client
+address gets a token bucket (the rule nginx's limit_req and most API gateways apply): `N/unit` allows a
+burst of N requests, refilled at N per unit; a request finding the bucket empty is refused (the API:
+429 with Retry-After, before its body is read; the app: a gr.Error saying when to retry).
 
-In-process and per server process: enough for one uvicorn process (how `papertasks serve` runs);
-behind several processes each keeps its own buckets. No dependency: a dict of buckets under a lock,
-with the clock injectable so tests need no sleeping.
+In-process and per server process: enough for one uvicorn or Gradio process; behind several
+processes each keeps its own buckets. No dependency: a dict of buckets under a lock, with the clock
+injectable so tests need no sleeping.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ _SPEC = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
 
 
 class RateSpecError(ValueError):
-    """A rate that cannot be read; its message is the one line the CLI prints."""
+    """A rate that cannot be read; its message follows the flag or variable that gave it, in one line."""
 
 
 def parse_rate(spec: str | int | None) -> tuple[int, float] | None:
@@ -36,8 +37,7 @@ def parse_rate(spec: str | int | None) -> tuple[int, float] | None:
         return None
     match = _SPEC.match(text)
     if not match or match.group(2) not in UNITS:
-        raise RateSpecError(f"--rate-limit {spec!r}: give requests per unit, such as 60/min, 5/s or 1000/hour "
-                            "(0 or off: no limit)")
+        raise RateSpecError(f"{spec!r}: give requests per unit, such as 60/min, 5/s or 1000/hour (0 or off: no limit)")
     count = int(match.group(1))
     if count == 0:
         return None
@@ -48,7 +48,7 @@ class TokenBucket:
     """Per-key token buckets: `capacity` tokens each, refilled at `capacity / period` a second.
 
     `take(key)` spends one token and answers 0.0, or, when the key's bucket is empty, spends nothing
-    and answers the seconds until a token is back. Thread-safe (FastAPI runs sync endpoints in a
+    and answers the seconds until a token is back. Thread-safe (FastAPI and Gradio run sync handlers in a
     thread pool). Buckets of clients that have been away long enough to be full again are dropped
     once more than `max_keys` are held, so a crowd of addresses cannot grow the dict without bound."""
 
