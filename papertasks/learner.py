@@ -19,6 +19,8 @@ It also adds fastai's mixed precision on the device the batches are on (`use_pre
 """
 from __future__ import annotations
 
+import logging
+
 import fastai.callback.progress  # noqa: F401  (fastai's progress bar)
 import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 import numpy as np
@@ -32,6 +34,8 @@ from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
 from torch import nn
 
 from papertasks.modeling import HFSequenceClassifier, pad_id_of, pad_windows, text_windows
+
+log = logging.getLogger(__name__)
 
 
 class TokenizedDataset(torch.utils.data.Dataset):
@@ -159,3 +163,47 @@ class DeviceMixedPrecision(MixedPrecision):
 def use_precision(learn: Learner, precision: str) -> Learner:
     """Mixed precision (fp16 or bf16 autocast; the weights stay fp32, so checkpoints load anywhere)."""
     return learn if precision == "fp32" else learn.add_cb(DeviceMixedPrecision(amp_mode=precision))
+
+
+def distributed_run() -> bool:
+    """Launched as one of several processes (`accelerate launch` / torchrun set WORLD_SIZE)."""
+    from fastai.torch_core import num_distrib
+
+    return num_distrib() > 1
+
+
+def distributed_learner(learn: Learner, cpu: bool) -> Learner:
+    """fastai's distributed training (accelerate's DDP, each process a shard of every epoch) with one
+    fix: fastai's DistributedDL broadcasts the shuffled order as a CUDA tensor, which the gloo
+    process group of CPU processes cannot take, so the order travels on the model's own device."""
+    from fastai.callback.progress import ProgressCallback
+    from fastai.distributed import DistributedDL, DistributedTrainer
+    from fastai.torch_core import num_distrib, rank_distrib
+
+    class DeviceDistributedDL(DistributedDL):
+        def _broadcast(self, t, rank):
+            t = torch.LongTensor(t).to(self.device)
+            torch.distributed.broadcast(t, rank)
+            return t.cpu().tolist()
+
+    class DeviceDistributedTrainer(DistributedTrainer):
+        def _wrap_dl(self, dl):
+            return dl if isinstance(dl, DistributedDL) else DeviceDistributedDL(dl, device=self.learn.model.device)
+
+    learn.add_cb(DeviceDistributedTrainer(sync_bn=False, cpu=cpu))
+    log.info("process %d of %d (%s): each trains on its share of every epoch", rank_distrib(), num_distrib(),
+             torch.distributed.get_backend())
+    if rank_distrib():
+        learn.remove_cb(ProgressCallback)
+    return learn
+
+
+def mean_over_processes(value: float) -> float:
+    """A number every process computed on its own shard (fastai's losses are per process), averaged:
+    the shards are equal in size, so this is the loss over the whole set, the same in every process."""
+    if not distributed_run():
+        return value
+    nccl = "nccl" in str(torch.distributed.get_backend())  # NCCL reduces CUDA tensors only
+    t = torch.tensor([value], dtype=torch.float64, device="cuda" if nccl else "cpu")
+    torch.distributed.all_reduce(t)
+    return float(t.item()) / torch.distributed.get_world_size()

@@ -111,6 +111,9 @@ def oversample_rows(y: np.ndarray, target: int, seed: int) -> np.ndarray:
 
 def _checkpointer_class():
     from fastai.callback.core import Callback, CancelEpochException, CancelFitException
+    from fastai.torch_core import rank_distrib
+
+    from papertasks.learner import mean_over_processes
 
     class Checkpointer(Callback):
         """Saves last (with optimizer) after each epoch and best (lowest valid loss) weights;
@@ -132,6 +135,8 @@ def _checkpointer_class():
                 return
             # metric_names: epoch, train_loss, valid_loss, <metrics>, time; values: all but epoch and time
             metrics = dict(zip(self.recorder.metric_names[1:-1], map(float, self.recorder.values[-1])))
+            for loss in ("train_loss", "valid_loss"):  # the metrics are gathered from every process already
+                metrics[loss] = mean_over_processes(metrics[loss])
             valid_loss = metrics["valid_loss"]
             self.state["history"].append({"phase": self.phase, "epoch": self.epoch, **metrics})
             stale = self.state.setdefault("epochs_without_best", {})
@@ -148,7 +153,8 @@ def _checkpointer_class():
             if stop:  # nothing of this phase is left for --resume either
                 self.state["done"][self.phase] = self.n_epoch
                 self.state.setdefault("stopped_early", {})[self.phase] = self.epoch
-            write_json(self.state_path, self.state)
+            if not rank_distrib():
+                write_json(self.state_path, self.state)
             if stop:
                 log.info("%s phase stopped after epoch %d: no lower validation loss for %d epoch(s)",
                          self.phase, self.epoch, self.patience)
@@ -242,8 +248,14 @@ def train(cfg: TrainConfig) -> Path:
 def _fit(cfg: TrainConfig, out: Path, state_path: Path, state: dict | None) -> Path:
     import torch
 
+    from fastai.torch_core import distrib_barrier, rank_distrib
+
+    from papertasks.learner import distributed_learner, distributed_run
+
     learn, tokenizer, labels, problem = build_learner(cfg, out)
     device = torch.device(cfg.device)
+    if distributed_run():
+        distributed_learner(learn, cpu=device.type == "cpu")
     if state is None:
         state = {"labels": labels, "base_model": cfg.base_model, "config": asdict(cfg),
                  "done": {}, "best_valid_loss": float("inf"), "best": None, "history": []}
@@ -270,7 +282,11 @@ def _fit(cfg: TrainConfig, out: Path, state_path: Path, state: dict | None) -> P
         state["best_valid_loss"] = None
     else:
         learn.load("best", device=device, with_opt=False)
-    save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out, problem)
+    if not rank_distrib():  # the other processes hold the same weights
+        save_trained(learn.model.hf_model, tokenizer, labels, cfg, state, out, problem)
+    if distributed_run():
+        distrib_barrier()
+        torch.distributed.destroy_process_group()
     if frozen:
         log.info("no epochs: the base encoder saved with a fresh head to %s; fit the head with `papertasks "
                  "refit-head`", out)

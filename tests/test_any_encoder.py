@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import itertools
 import json
+import os
 import re
 import shutil
 
@@ -223,6 +224,37 @@ def test_patience_stops_a_phase_and_keeps_the_best_epoch_across_resume(tiny_enco
     assert record["best"] == {"phase": "unfrozen", "epoch": 0} and record["stopped_early"] == {"unfrozen": 1}
     train(TrainConfig(data=str(tiny_data), out=str(tmp_path), base_model=base, patience=1, resume=True, **cfg))
     assert json.loads((tmp_path / "training_config.json").read_text())["history"] == record["history"]
+
+
+def test_two_processes_train_one_model_under_accelerate_launch(tiny_encoders, tiny_data, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo), as users run several GPUs: each process trains on
+    its shard, and the saved model's validation loss, computed here in one process over the whole
+    validation set, is the one the run reported as its best."""
+    import subprocess
+    import sys
+
+    from papertasks.data import label_matrix, read_split
+    from papertasks.modeling import load_trained, torch_probs
+
+    out, valid_rows, seed = tmp_path / "run", 16, 42
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "papertasks.cli",
+         "train", "--data", tiny_data, "--out", out, "--base-model", tiny_encoders["roberta"], "--device", "cpu",
+         "--max-length", "64", "--batch-size", "8", "--lr", "1e-3", "--frozen-epochs", "0", "--epochs", "2",
+         "--max-train", "32", "--max-valid", str(valid_rows), "--seed", str(seed)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "process 0 of 2" in result.stderr and "process 1 of 2" in result.stderr, result.stderr[-3000:]
+    record = json.loads((out / "training_config.json").read_text())
+    assert len(record["history"]) == 2
+
+    model, tokenizer, labels = load_trained(out)
+    valid = read_split(tiny_data, "valid").sample(valid_rows, random_state=seed)
+    probs = torch_probs(model, tokenizer, valid["text"].tolist(), 64, "head_tail").astype(np.float64)
+    y = label_matrix(valid["labels"], labels)
+    loss = -np.mean(y * np.log(probs) + (1 - y) * np.log1p(-probs))
+    assert loss == pytest.approx(record["best_valid_loss"], abs=1e-5)
 
 
 @pytest.fixture(scope="session")
