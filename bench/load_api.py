@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.predict_scale import rss_mb  # noqa: E402
 
 
 def load_texts(path: Path | None) -> list[str]:
@@ -89,14 +92,6 @@ def start_server(model: str, log_path: Path, rate_limit: str | None) -> tuple[su
                 proc.kill()
                 raise SystemExit("load_api: error: the server did not start within 120 s")
             time.sleep(0.3)
-
-
-def rss_mb(pid: int) -> float:
-    """A process's resident memory (Linux /proc), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 class MemoryWatch(threading.Thread):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,10 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.load_api import free_port  # noqa: E402
+
 MODELS = REPO / "deployment" / "models"
 
 
@@ -26,12 +29,6 @@ def memory_mb(pid: int) -> dict:
     """Resident memory now (VmRSS) and at its peak (VmHWM), in MB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return {key: int(fields[field].split()[0]) / 1024 for key, field in (("rss_mb", "VmRSS"), ("peak_rss_mb", "VmHWM"))}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

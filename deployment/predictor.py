@@ -84,6 +84,13 @@ def tuned_decisions(probs: np.ndarray, cut: np.ndarray, relative_to_top: float =
     return chosen
 
 
+def onnx_feed(input_names, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict:
+    """The inputs of an exported graph, those of `input_names` it takes (RoBERTa has no segments):
+    token_type_ids all 0, as each input is one text."""
+    feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
+    return {k: v for k, v in feed.items() if k in input_names}
+
+
 class Predictor:
     """Scores texts with an ONNX sequence classifier and applies the bundle's thresholds."""
 
@@ -182,9 +189,7 @@ class Predictor:
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """The ONNX model's logits for these token ids, fed the inputs its architecture takes."""
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask,
-                "token_type_ids": np.zeros_like(input_ids)}  # one text per input: segment 0 throughout
-        return self.session.run(None, {k: v for k, v in feed.items() if k in self.input_names})[0]
+        return self.session.run(None, onnx_feed(self.input_names, input_ids, attention_mask))[0]
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         if self.single_label:
@@ -199,12 +204,12 @@ class Predictor:
         texts = [normalize_whitespace(t) for t in texts]
         probs = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
-            batch = texts[start:start + batch_size]
+            rows = slice(start, start + batch_size)
+            batch = texts[rows]
             if self.bag is not None and self.encoder_weight == 0:  # validation gave the encoder no say: skip it
-                probs[start:start + batch_size] = self.bag_probabilities(batch)
+                probs[rows] = self.bag_probabilities(batch)
             else:
-                probs[start:start + batch_size] = self.served_probabilities(self.probabilities(self._logits(batch)),
-                                                                            batch)
+                probs[rows] = self.served_probabilities(self.probabilities(self._logits(batch)), batch)
         return probs
 
     def served_probabilities(self, encoder_probs: np.ndarray, texts: list[str]) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deployment.predictor import Predictor
+from deployment.predictor import Predictor, onnx_feed
 from deployment.truncation import padded_windows
 from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET, WEIGHT_TYPES
 from export.bundle import copy_bundle_files, seal_bundle
@@ -112,9 +112,7 @@ def static_int8(fp32_path: Path, int8_path: Path, windows: list[list[int]], pad_
             start = next(self.batches, None)
             if start is None:
                 return None
-            input_ids, attention_mask = padded_windows(windows[start:start + batch_size], pad_id, width)
-            feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
-            return {k: v for k, v in feed.items() if k in inputs}
+            return onnx_feed(inputs, *padded_windows(windows[start:start + batch_size], pad_id, width))
 
     layer = output_layer(fp32_path)
     with tempfile.TemporaryDirectory(prefix="papertasks-static-int8-") as tmp:
