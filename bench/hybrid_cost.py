@@ -1,9 +1,10 @@
-"""What the bag of n-grams adds to serving: a hybrid bundle against the encoder-only bundle it was
-made from, through the one predictor (`predict_proba`, as the app, the API and `predict` call it),
-on the same validation texts, the two timed in alternation so both see the same machine.
+"""What the bag of n-grams adds to serving: a hybrid bundle against its encoder alone (the same
+bundle with the bag left out, or the encoder-only bundle it was made from), through the one
+predictor (`predict_proba`, as the app, the API and `predict` call it), on the same validation
+texts, the two timed in alternation so both see the same machine.
 
-    python bench/hybrid_cost.py --encoder deployment/models/arxiv --hybrid models/arxiv_hybrid \\
-        --data data/arxiv --texts 512 --out bench/results/hybrid_cost_arxiv.json
+    python bench/hybrid_cost.py --hybrid deployment/models/pwc --data data/pwc --texts 512 \\
+        --out bench/results/hybrid_cost_pwc.json
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from papertasks.io import write_json  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", required=True, help="the encoder-only bundle")
+    parser.add_argument("--encoder", default=None,
+                        help="the encoder-only bundle the hybrid was made from (default: the hybrid without its bag)")
     parser.add_argument("--hybrid", required=True, help="the hybrid bundle made from it")
     parser.add_argument("--data", required=True, help="prepared data: texts from its validation split")
     parser.add_argument("--texts", type=int, default=512)
@@ -32,9 +34,11 @@ def main() -> None:
 
     valid = read_split(args.data, "valid")
     texts = valid["text"].sample(min(args.texts, len(valid)), random_state=0).tolist()
-    bundles = {"encoder": Predictor(args.encoder), "hybrid": Predictor(args.hybrid)}
-    if bundles["hybrid"].bag is None:
+    hybrid = Predictor(args.hybrid)
+    if hybrid.bag is None:
         raise SystemExit(f"{args.hybrid} is not a hybrid bundle (no bag in its config)")
+    encoder = Predictor(args.encoder) if args.encoder else Predictor(args.hybrid).encoder_only()
+    bundles = {"encoder": encoder, "hybrid": hybrid}
     seconds = {name: [] for name in bundles}
     for name, predictor in bundles.items():
         predictor.predict_proba(texts[:args.batch_size], batch_size=args.batch_size)  # warm-up

@@ -219,6 +219,14 @@ class Predictor:
             return encoder_probs
         return self.encoder_weight * encoder_probs + (1 - self.encoder_weight) * self.bag_probabilities(texts)
 
+    def encoder_only(self) -> "Predictor":
+        """This hybrid bundle scoring with its encoder alone (`evaluate --encoder-only`, the cost bench):
+        the same ONNX model, the bag of n-grams left out."""
+        if self.bag is None:
+            raise BundleError(f"{self.model_dir} is not a hybrid bundle: it has no bag of n-grams to leave out")
+        self.bag, self.encoder_weight = None, 1.0
+        return self
+
     def bag_probabilities(self, texts: list[str]) -> np.ndarray:
         """The bag-of-n-grams half of a hybrid bundle alone, on whole (normalized) texts."""
         return self.bag.probabilities(text_ids(self.tokenizer, texts))

@@ -256,9 +256,10 @@ def evaluate_bundle(model: str, data: str, out: str, batch_size: int = 32, min_p
     except BundleError as e:
         raise UserError(str(e)) from None
     if encoder_only:
-        if predictor.bag is None:
-            raise UserError(f"{model}: --encoder-only is for a hybrid bundle; this one has no bag of n-grams")
-        predictor.bag, predictor.encoder_weight = None, 1.0
+        try:
+            predictor.encoder_only()
+        except BundleError as e:
+            raise UserError(f"--encoder-only: {e}") from None
     labels = predictor.labels
     problem = evaluation_problem(predictor.single_label, read_problem(data), model, data)
     x_valid, y_valid, x_test, y_test = load_eval_data(data, labels)
