@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET
-from papertasks.evaluate import MICRO_F1_SLACK, encoder_frozen, policy_summary
+from papertasks.evaluate import MICRO_F1_SLACK, encoder_frozen, policy_summary, warm_started_from_refit
 from papertasks.io import write_text
 from papertasks.paths import OFFLINE_BASE_NAME
 
@@ -51,6 +51,8 @@ def render_model_card(bundle: Path, name: str | None = None) -> str:
            "pretrained, its last layer fitted on the training rows (`train` with no epochs, then `refit-head`)"
            if encoder_frozen(config.get("training") or {}) else
            f"fine-tuned from `{config.get('base_model')}` ({config.get('architecture')}) with fastai"
+           + (", starting from its label layer fitted on the frozen encoder's features (`refit-head`; "
+              "`train --base-model` on that folder)" if warm_started_from_refit(config.get("training") or {}) else "")
            + (", its last layer then refitted on the training rows (`refit-head`)"
               if config.get("training", {}).get("head_refit") else ""))
         + (", the label layer reading the mean of the token vectors (`--pooling mean`)"
@@ -150,17 +152,27 @@ def reproduce_commands(prepare: dict, training: dict) -> list[str]:
     if prepare.get("fold_aliases") is False:
         prep.append("--no-fold-aliases")
     prep.append(f"--seed {prepare.get('seed', 42)}")
-    train = ["papertasks train --data DATA_DIR --out MODEL_DIR"]
+    return [" ".join(prep), *training_commands(training)]
+
+
+def training_commands(training: dict, prefix: str = "") -> list[str]:
+    """The train (and refit-head) commands that made a model, those of the model it was warm-started
+    from first (its folders named START_MODEL_DIR, START_REFIT_DIR)."""
+    warm = training.get("warm_start")
+    commands = training_commands(warm, "START_" + prefix) if warm else []
+    base = (f"START_{prefix}REFIT_DIR" if warm.get("head_refit") else f"START_{prefix}MODEL_DIR") if warm else None
+    train = [f"papertasks train --data DATA_DIR --out {prefix}MODEL_DIR"]
     for key in ("base_model", "max_length", "truncation", "pooling", "loss", "focal_gamma", "pos_weight_clip",
                 "oversample_to", "batch_size", "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed"):
-        off = (training.get(key) in (None, "cls") or (key in ("pos_weight_clip", "oversample_to") and not training[key])
-               or (key == "focal_gamma" and training.get("loss") != "focal") or (key == "loss" and training[key] == "bce"))
+        value = base if key == "base_model" and base else training.get(key)
+        off = (value in (None, "cls") or (key in ("pos_weight_clip", "oversample_to") and not value)
+               or (key == "focal_gamma" and training.get("loss") != "focal") or (key == "loss" and value == "bce"))
         if not off:
-            train.append(f"--{key.replace('_', '-')} {training[key]}")
-    commands = [" ".join(prep), " ".join(train)]
+            train.append(f"--{key.replace('_', '-')} {value}")
+    commands.append(" ".join(train))
     refit = training.get("head_refit")
     if refit:  # the model was trained to MODEL_DIR, then its head refitted into REFIT_DIR
-        line = ["papertasks refit-head --model MODEL_DIR --data DATA_DIR --out REFIT_DIR"]
+        line = [f"papertasks refit-head --model {prefix}MODEL_DIR --data DATA_DIR --out {prefix}REFIT_DIR"]
         for key in ("loss", "focal_gamma", "pos_weight_clip", "oversample_to", "epochs", "lr", "batch_size",
                     "max_train", "seed"):
             if refit.get(key) is not None and not (key == "focal_gamma" and refit.get("loss") != "focal"):

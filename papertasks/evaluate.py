@@ -286,6 +286,13 @@ def encoder_frozen(training: dict) -> bool:
     return bool(training.get("head_refit")) and training.get("frozen_epochs", 1) + training.get("epochs", 1) == 0
 
 
+def warm_started_from_refit(training: dict) -> bool:
+    """Fine-tuned from a frozen encoder whose label layer `refit-head` fitted first (linear probing,
+    then fine-tuning): a head that already separates the labels, which a small training set needs."""
+    warm = training.get("warm_start") or {}
+    return bool(warm.get("head_refit")) and encoder_frozen(warm)
+
+
 def bundle_name(predictor) -> str:
     """What reports call a bundle: its base model, fine-tuned or frozen, and whether its ONNX graph is
     int8-quantized."""
@@ -297,6 +304,8 @@ def bundle_name(predictor) -> str:
     training = predictor.config.get("training") or {}
     pooled = " (mean-pooled)" if training.get("pooling") == "mean" else ""
     encoder = f"frozen {base}{pooled} + refitted head" if encoder_frozen(training) else f"fine-tuned {base}{pooled}"
+    if warm_started_from_refit(training):
+        encoder += " from a refitted head"
     name = f"{encoder}, {'int8' if quantized else 'fp32'} ONNX"
     if predictor.bag is not None:
         name += f" + bag of n-grams (encoder weight {predictor.encoder_weight:g})"

@@ -135,6 +135,10 @@ def load_base(base_model: str, labels: list[str], problem: str = "multi-label", 
     if tokenizer.pad_token_id is None:
         raise UserError(f"'{base_model}': its tokenizer has no pad token, so batches cannot be padded; set "
                         "tokenizer.pad_token and save_pretrained it to a folder")
+    recorded = getattr(model.config, POOLING_KEY, None)  # a papertasks model warm-starting this run
+    if recorded and recorded != pooling:
+        raise UserError(f"'{base_model}' was trained with --pooling {recorded}: its label layer reads those features; "
+                        f"pass --pooling {recorded}")
     setattr(model.config, POOLING_KEY, pooling)  # saved with the model: export and refit read it back
     return tokenizer, model
 
@@ -186,6 +190,15 @@ def training_record(model_dir: Path) -> dict:
     """training_config.json of a trained folder ({} for a model trained elsewhere)."""
     path = Path(model_dir) / "training_config.json"
     return read_json(path) if path.is_file() else {}
+
+
+def warm_start_record(base_model: str | None) -> dict | None:
+    """The training record of the papertasks model `--base-model` names (a folder `train` or
+    `refit-head` wrote: a head fitted on frozen features, then fine-tuned), without its epoch
+    history; None for a pretrained model. Export reads the pretrained model at the root from it,
+    and the model card the commands in between."""
+    parent = training_record(Path(base_model)) if base_model and Path(base_model).is_dir() else {}
+    return {k: v for k, v in parent.items() if k not in ("history", "data_report")} or None
 
 
 def trained_window(training: dict) -> tuple[int, str]:

@@ -51,6 +51,14 @@ def resolve_base_model(name: str | None) -> str:
     return offline_base_model()
 
 
+def pretrained_base(training: dict) -> str | None:
+    """The pretrained model at the root of a chain of warm starts (`train --base-model`
+    naming a folder `train` or `refit-head` wrote; papertasks.modeling.warm_start_record)."""
+    while training.get("warm_start"):
+        training = training["warm_start"]
+    return training.get("base_model")
+
+
 def _hub_has(model_id: str) -> bool:
     """The model is in the local Hugging Face cache, or the hub answers for it within 3 seconds."""
     from huggingface_hub import try_to_load_from_cache

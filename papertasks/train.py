@@ -251,6 +251,7 @@ def _fit(cfg: TrainConfig, out: Path, state_path: Path, state: dict | None) -> P
     from fastai.torch_core import distrib_barrier, rank_distrib
 
     from papertasks.learner import distributed_learner, distributed_run
+    from papertasks.modeling import warm_start_record
 
     learn, tokenizer, labels, problem = build_learner(cfg, out)
     device = torch.device(cfg.device)
@@ -287,7 +288,9 @@ def _fit(cfg: TrainConfig, out: Path, state_path: Path, state: dict | None) -> P
     if distributed_run():
         distrib_barrier()
         torch.distributed.destroy_process_group()
-    if frozen:
+    if frozen and warm_start_record(cfg.base_model):
+        log.info("no epochs: %s saved unchanged to %s", cfg.base_model, out)
+    elif frozen:
         log.info("no epochs: the base encoder saved with a fresh head to %s; fit the head with `papertasks "
                  "refit-head`", out)
     else:
@@ -369,6 +372,8 @@ def cross_validate_training(cfg: TrainConfig, folds: int) -> dict:
 
 def save_trained(hf_model, tokenizer, labels, cfg: TrainConfig, state: dict, out: Path, problem: str) -> None:
     """Hugging Face layout (safetensors + tokenizer.json) plus labels.json and training_config.json."""
+    from papertasks.modeling import warm_start_record
+
     hf_model.float().cpu().save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_json(out / "labels.json", {lab: i for i, lab in enumerate(labels)})
@@ -377,7 +382,7 @@ def save_trained(hf_model, tokenizer, labels, cfg: TrainConfig, state: dict, out
         "best": state["best"], "best_valid_loss": state["best_valid_loss"], "history": state["history"],
         "stopped_early": state.get("stopped_early"),
         "train_seconds": state.get("train_seconds"), "data_report": _data_report(cfg.data),
-        "torch_threads": os.cpu_count()})
+        "warm_start": warm_start_record(state["base_model"]), "torch_threads": os.cpu_count()})
 
 
 def _data_report(data_dir) -> dict | None:

@@ -112,6 +112,37 @@ def test_a_frozen_encoder_is_train_with_no_epochs_then_refit_head(tiny_data, tmp
     probs = head_probabilities(layer.weight.detach().numpy(), layer.bias.detach().numpy(), features, False)
     np.testing.assert_allclose(probs, torch_probs(model, tokenizer, texts, 64, "head_tail"), atol=1e-5)
 
+    # Fine-tuning from it (`train --base-model REFIT`) starts from the refitted head, not a fresh one; the
+    # record names MiniLM at the root and the commands in between, and the pooling must match.
+    from export.model_card import training_commands
+    from export.onnx_export import training_summary
+    from papertasks.evaluate import warm_started_from_refit
+    from papertasks.paths import OFFLINE_BASE_NAME, pretrained_base
+
+    result = run_cli("train", "--data", tiny_data, "--out", tmp_path / "cls", "--base-model", refit, "--epochs", "0",
+                     "--frozen-epochs", "0", "--max-length", "64")
+    assert result.returncode == 2 and not (tmp_path / "cls").exists()
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        f"'{refit}' was trained with --pooling mean: its label layer reads those features; pass --pooling mean")
+    warm = tmp_path / "warm"
+    result = run_cli("train", "--data", tiny_data, "--out", warm, "--base-model", refit, "--epochs", "0",
+                     "--frozen-epochs", "0", "--max-length", "64", "--pooling", "mean")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"no epochs: {refit} saved unchanged" in result.stderr
+    warm_model, _, _ = load_trained(warm)
+    np.testing.assert_array_equal(last_linear(warm_model, len(labels)).weight.detach().numpy(),
+                                  layer.weight.detach().numpy())
+    summary = training_summary(read_json(warm / "training_config.json"))
+    assert pretrained_base(summary) == OFFLINE_BASE_NAME and warm_started_from_refit(summary)
+    assert training_commands(summary) == [
+        "papertasks train --data DATA_DIR --out START_MODEL_DIR --base-model sentence-transformers/all-MiniLM-L6-v2 "
+        "--max-length 64 --truncation head_tail --pooling mean --batch-size 32 --lr 0.0001 --frozen-epochs 0 "
+        "--epochs 0 --seed 42",
+        "papertasks refit-head --model START_MODEL_DIR --data DATA_DIR --out START_REFIT_DIR --loss bce "
+        "--pos-weight-clip 0.0 --oversample-to 0 --epochs 30 --lr 0.003 --batch-size 256 --max-train 64 --seed 42",
+        "papertasks train --data DATA_DIR --out MODEL_DIR --base-model START_REFIT_DIR --max-length 64 "
+        "--truncation head_tail --pooling mean --batch-size 32 --lr 0.0001 --frozen-epochs 0 --epochs 0 --seed 42"]
+
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_mean_pooling_reads_the_mean_of_the_real_tokens(kind):
