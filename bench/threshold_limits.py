@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deployment.predictor import tuned_decisions  # noqa: E402
 from papertasks.evaluate import (RELATIVE_GRID, SHRINK_GRID, THRESHOLD_GRID, _f1, _micro_macro,  # noqa: E402
-                                 _own_thresholds, _shrunk)
+                                 _own_thresholds, counts_at_thresholds, shrunk_cut)
 from papertasks.io import write_json  # noqa: E402
 from papertasks.test_scores import read_test_scores  # noqa: E402
 
@@ -33,20 +33,17 @@ SLACK = 0.005  # the issue's 0.5 point, on both metrics
 def ascend_thresholds(y: np.ndarray, probs: np.ndarray, lam: float, start: float, rounds: int = 3) -> np.ndarray:
     """Per-label thresholds of THRESHOLD_GRID maximizing micro-F1 + lam x macro-F1 (over the labels
     present in `y`) one label at a time, from `start` for all: each step can only raise the objective."""
-    y = y.astype(bool)
-    tp = np.stack([((probs >= t) & y).sum(axis=0) for t in THRESHOLD_GRID]).astype(np.float64)  # (grid, labels)
-    denominator = np.stack([(probs >= t).sum(axis=0) for t in THRESHOLD_GRID]) + y.sum(axis=0)
+    tp, denominator = counts_at_thresholds(y, probs)  # (grid, labels)
     present = y.sum(axis=0) > 0
     n_present = max(int(present.sum()), 1)
     chosen = np.full(y.shape[1], int(np.abs(THRESHOLD_GRID - start).argmin()))
     columns = np.arange(y.shape[1])
     for _ in range(rounds):
-        for j in range(y.shape[1]):
+        for j in columns:
             others = columns != j
-            tp_rest, den_rest = tp[chosen[others], columns[others]].sum(), denominator[chosen[others], columns[others]].sum()
-            f1_rest = _f1(tp[chosen[others], columns[others]], denominator[chosen[others], columns[others]])
-            macro = (f1_rest[present[others]].sum() + present[j] * _f1(tp[:, j], denominator[:, j])) / n_present
-            micro = _f1(tp_rest + tp[:, j], den_rest + denominator[:, j])
+            tp_rest, den_rest = tp[chosen[others], columns[others]], denominator[chosen[others], columns[others]]
+            macro = (_f1(tp_rest, den_rest)[present[others]].sum() + present[j] * _f1(tp[:, j], denominator[:, j])) / n_present
+            micro = _f1(tp_rest.sum() + tp[:, j], den_rest.sum() + denominator[:, j])
             chosen[j] = int(np.argmax(micro + lam * macro))
     return THRESHOLD_GRID[chosen]
 
@@ -56,9 +53,7 @@ def rules(y: np.ndarray, probs: np.ndarray, min_positives: int) -> dict[str, tup
     global_t, _, own = _own_thresholds(y, probs, min_positives)
     out = {"global threshold": (np.full(y.shape[1], global_t), 0.0)}
     for shrink in SHRINK_GRID[:-1]:
-        cut = np.full(y.shape[1], global_t)
-        for j, t in _shrunk(global_t, own, y.sum(axis=0), shrink).items():
-            cut[j] = t
+        cut = shrunk_cut(global_t, own, y.sum(axis=0), shrink)
         for r in RELATIVE_GRID:
             out[f"per-label, shrink {shrink}, relative cut {r}"] = (cut, r)
     for lam in LAMBDAS:

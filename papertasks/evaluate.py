@@ -41,13 +41,19 @@ POLICY_REPEATS = 3
 MICRO_F1_SLACK = 0.0025
 
 
-def _f1_at_thresholds(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F1 of every label (columns) and micro-F1 at every threshold of THRESHOLD_GRID (rows), from the
-    true / false positive and false negative counts (F1 = 2tp / (2tp + fp + fn); 0 with no positives)."""
+def counts_at_thresholds(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True positives and 2tp + fp + fn (predicted + actual positives) of every label (columns) at every
+    threshold of THRESHOLD_GRID (rows): what any F1 at those thresholds is computed from."""
     y = y.astype(bool)
     tp = np.stack([((probs >= t) & y).sum(axis=0) for t in THRESHOLD_GRID]).astype(np.float64)
     predicted = np.stack([(probs >= t).sum(axis=0) for t in THRESHOLD_GRID])
-    denominator = predicted + y.sum(axis=0)  # 2tp + fp + fn
+    return tp, predicted + y.sum(axis=0)
+
+
+def _f1_at_thresholds(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F1 of every label (columns) and micro-F1 at every threshold of THRESHOLD_GRID (rows), from the
+    true / false positive and false negative counts (F1 = 2tp / (2tp + fp + fn); 0 with no positives)."""
+    tp, denominator = counts_at_thresholds(y, probs)
     return _f1(tp, denominator), _f1(tp.sum(axis=1), denominator.sum(axis=1))
 
 
@@ -78,6 +84,14 @@ def _shrunk(global_t: float, own: dict[int, float], positives: np.ndarray, shrin
     return {j: round(float(global_t + (t - global_t) * positives[j] / (positives[j] + shrink)), 4) for j, t in own.items()}
 
 
+def shrunk_cut(global_t: float, own: dict[int, float], positives: np.ndarray, shrink: float | None) -> np.ndarray:
+    """Every label's threshold: its own shrunk toward the global one (`_shrunk`), the global one where it has none."""
+    cut = np.full(len(positives), global_t)
+    for j, t in _shrunk(global_t, own, positives, shrink).items():
+        cut[j] = t
+    return cut
+
+
 def _micro_macro(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     """micro-F1 and macro-F1 over the labels present in `y`."""
     y = y.astype(bool)
@@ -100,9 +114,7 @@ def choose_policy(y: np.ndarray, probs: np.ndarray, min_positives: int) -> tuple
             global_t, _, own = _own_thresholds(y[tune], probs[tune], min_positives / 2)
             positives = y[tune].sum(axis=0)
             for shrink in SHRINK_GRID:
-                cut = np.full(y.shape[1], global_t)
-                for j, t in _shrunk(global_t, own, positives, shrink).items():
-                    cut[j] = t
+                cut = shrunk_cut(global_t, own, positives, shrink)
                 for r in RELATIVE_GRID:
                     held_out[shrink, r] += _micro_macro(y[score], tuned_decisions(probs[score], cut, r))
     mean = {s: v / (2 * POLICY_REPEATS) for s, v in held_out.items()}
